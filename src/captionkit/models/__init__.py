@@ -1,0 +1,1 @@
+"""Models: encoders (images -> grid features), attention, decoders, the captioner."""
