@@ -28,7 +28,7 @@ def test_step_reproduces_teacher_forcing(name):
     dec = build_decoder(DecoderConfig(name=name, embed_dim=8, hidden_dim=16, attention_dim=12),
                         vocab_size=11, feat_dim=6).eval()
     feats = torch.randn(2, 5, 6)
-    tokens = torch.randint(0, 11, (2, 4))
+    tokens = torch.randint(1, 11, (2, 4))  # no padding: every step is computed
     logits, alphas = dec(feats, tokens)
     state = dec.init_state(feats)
     for t in range(4):
@@ -43,3 +43,18 @@ def test_registry_names_and_unknown():
         DECODERS.get("nope")
     with pytest.raises(ValueError):
         DECODERS.register("lstm")(lambda *a: None)
+
+
+def test_padding_and_image_index_do_not_change_real_positions():
+    torch.manual_seed(0)
+    dec = build_decoder(CFG, vocab_size=11, feat_dim=6).eval()
+    feats = torch.randn(2, 5, 6)
+    tokens = torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0], [1, 4, 4, 4, 9, 2]])
+    index = torch.tensor([0, 1, 1])
+    logits, alphas = dec(feats, tokens, index)
+    for row, img in enumerate(index.tolist()):
+        n = int(tokens[row].ne(0).sum())
+        alone, a_alone = dec(feats[img : img + 1], tokens[row : row + 1, :n])
+        assert torch.allclose(logits[row, :n], alone[0], atol=1e-5)
+        assert torch.allclose(alphas[row, :n], a_alone[0], atol=1e-6)
+        assert torch.all(alphas[row, n:] == 0)

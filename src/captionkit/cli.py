@@ -40,6 +40,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"best checkpoint: {result.best_checkpoint}  {json.dumps(result.best_metrics)}")
 
 
+def cmd_extract(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from captionkit.config import load_config
+    from captionkit.data import load_records
+    from captionkit.data.features import extract_features
+    from captionkit.models.encoders import build_encoder
+
+    cfg = load_config(args.config, _overrides(args))
+    enc_cfg = replace(cfg.encoder, trainable=False,
+                      pretrained=cfg.encoder.pretrained or args.pretrained)
+    records = load_records(cfg.data)
+    store = extract_features(records, build_encoder(enc_cfg), args.out,
+                             batch_size=args.batch_size, num_workers=args.workers,
+                             progress=not args.quiet)
+    print(f"{len(store.row)} images cached in {args.out} ({len(store.failed)} unreadable, "
+          f"listed in {args.out}/failed.txt)")
+
+
 def _expand(paths: list[str]) -> list[Path]:
     files = []
     for p in map(Path, paths):
@@ -113,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+    x = sub.add_parser("extract-features", help="cache a frozen encoder's grid features")
+    x.add_argument("--config", help="YAML preset (its data and encoder sections are used)")
+    x.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    x.add_argument("--dataset", help="dataset reader name")
+    x.add_argument("--data-dir", help="dataset folder")
+    x.add_argument("--encoder", help="one of: " + ", ".join(list_encoders()))
+    x.add_argument("--encoder-weights", help="local encoder weights file")
+    x.add_argument("--pretrained", action="store_true", help="use the encoder's ImageNet weights")
+    x.add_argument("--out", required=True, help="cache folder (resumed if partly written)")
+    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument("--workers", type=int, default=1, help="image-decoding processes")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_extract)
     c = sub.add_parser("caption", help="caption images or folders of images")
     c.add_argument("images", nargs="+")
     c.add_argument("--checkpoint", required=True)

@@ -32,6 +32,7 @@ class DataConfig:
     min_freq: int = 1  # vocabulary: drop rarer words
     max_len: int = 20  # vocabulary: truncate captions to this many words
     num_workers: int = 0  # image-decoding worker processes
+    feature_cache: str | None = None  # frozen encoder: train from this feature cache folder
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs/train"
     max_steps: int | None = None  # stop early (smoke tests)
+    amp: bool = False  # bf16 autocast (CUDA, or CPUs with native bf16 such as AVX512-BF16)
     eval_max_len: int = 20  # longest generated caption during validation
 
 

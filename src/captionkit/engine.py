@@ -17,12 +17,14 @@ from captionkit.checkpoint import save_checkpoint
 from captionkit.config import Config, TrainConfig
 from captionkit.data import DATASETS, by_split, load_records
 from captionkit.data.dataset import (
+    FeatureCaptionDataset,
     ImageCaptionDataset,
     collate,
     partition_readable,
     require_records,
     write_skip_report,
 )
+from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.decoding import Hypothesis, greedy
 from captionkit.errors import CaptionKitError
 from captionkit.losses import caption_loss
@@ -64,6 +66,14 @@ def build_optimizer(model: CaptionModel, cfg: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
 
 
+def autocast(enabled: bool, device: torch.device):
+    """bf16 autocast where the hardware does bf16 natively; a no-op context otherwise."""
+    native = device.type == "cuda" or (device.type == "cpu"
+                                        and torch.backends.mkldnn.is_available()
+                                        and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native)
+
+
 def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, device: torch.device, step: int, total_steps: int,
                     pad_id: int = 0, progress: bool = True) -> tuple[dict[str, float], int]:
@@ -79,9 +89,11 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
             g["lr"] = g["base_lr"] * lr_multiplier(step, total_steps, cfg.lr_schedule,
                                                    cfg.warmup_steps)
         tokens = batch.tokens.to(device)
-        logits, alphas = model(batch.images.to(device), tokens[:, :-1],
-                               batch.image_index.to(device))  # (C, T-1, V), (C, T-1, N)
-        loss, ce = caption_loss(logits, alphas, tokens[:, 1:], pad_id, cfg.alpha_c)
+        with autocast(cfg.amp, device):
+            logits, alphas = model(batch.images.to(device), tokens[:, :-1],
+                                   batch.image_index.to(device))  # (C, T-1, V), (C, T-1, N)
+        loss, ce = caption_loss(logits.float(), alphas.float(), tokens[:, 1:], pad_id,
+                                cfg.alpha_c)
         if not torch.isfinite(loss):
             raise CaptionKitError(f"loss became {loss.item()} at step {step}; "
                                   "the last checkpoint before it is kept in the run folder")
@@ -105,7 +117,8 @@ def generate(model: CaptionModel, loader: DataLoader, vocab: Vocabulary, device:
     model.eval()
     out: dict[int, Hypothesis] = {}
     for batch in tqdm(loader, desc="caption", disable=not progress, leave=False):
-        feats = model.encode(batch.images.to(device))  # (B, N, D)
+        x = batch.images.to(device)
+        feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
         hyps = greedy(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
                       max_len=max_len)
         out.update(zip(batch.indices.tolist(), hyps, strict=True))
@@ -135,8 +148,11 @@ class FitResult:
 def prepare_data(cfg: Config, run_dir: Path, progress: bool = True):
     """Read the dataset, skip unreadable images (listed in the run folder), build the vocab."""
     records = load_records(cfg.data)
-    train, bad = partition_readable(by_split(records, "train"), progress)
-    dev, bad_dev = partition_readable(by_split(records, "dev"), progress)
+    if cfg.data.feature_cache is not None:  # extraction already listed unreadable images
+        train, dev, bad, bad_dev = by_split(records, "train"), by_split(records, "dev"), [], []
+    else:
+        train, bad = partition_readable(by_split(records, "train"), progress)
+        dev, bad_dev = partition_readable(by_split(records, "dev"), progress)
     if bad or bad_dev:
         write_skip_report(bad + bad_dev, run_dir / "skipped_images.txt")
         print(f"skipped {len(bad) + len(bad_dev)} unreadable image(s); "
@@ -146,6 +162,25 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True):
     vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.data.min_freq,
                              cfg.data.max_len)
     return train, dev, vocab
+
+
+def make_datasets(cfg: Config, model: CaptionModel, train: list, dev: list, vocab: Vocabulary):
+    """Image datasets, or feature-cache datasets when the encoder is frozen and a cache is set
+    (the cache must have been built by this very encoder: name, weights and preprocessing)."""
+    if cfg.data.feature_cache is None:
+        pre = model.encoder.preprocess
+        return ImageCaptionDataset(train, vocab, pre), ImageCaptionDataset(dev, vocab, pre)
+    if cfg.encoder.trainable:
+        raise CaptionKitError("data.feature_cache needs a frozen encoder "
+                              "(encoder.trainable=false); a trained encoder reads images")
+    store = FeatureStore(cfg.data.feature_cache, encoder_key(model.encoder))
+    missing = [r.image_id for r in train + dev if r.image_id not in store]
+    if missing:
+        print(f"{len(missing)} image(s) are not in the feature cache (unreadable at extraction, "
+              f"see {cfg.data.feature_cache}/failed.txt) and are skipped")
+    train = [r for r in train if r.image_id in store]
+    dev = [r for r in dev if r.image_id in store]
+    return FeatureCaptionDataset(train, vocab, store), FeatureCaptionDataset(dev, vocab, store)
 
 
 def check_names(cfg: Config) -> None:
@@ -169,9 +204,7 @@ def fit(cfg: Config, progress: bool = True) -> FitResult:
     vocab.save(run_dir / "vocab.json")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, len(vocab)).to(device)
-    pre = model.encoder.preprocess
-    train_ds = ImageCaptionDataset(train_recs, vocab, pre)
-    dev_ds = ImageCaptionDataset(dev_recs, vocab, pre)
+    train_ds, dev_ds = make_datasets(cfg, model, train_recs, dev_recs, vocab)
     if train_ds.dropped:
         print(f"dropped {train_ds.dropped} training caption(s) with no known words")
     loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,

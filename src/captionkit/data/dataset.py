@@ -18,7 +18,7 @@ from captionkit.vocab import Vocabulary
 
 @dataclass
 class Batch:
-    images: Tensor  # (B, 3, H, W)
+    images: Tensor  # (B, 3, H, W) pixels, or (B, N, D) cached features
     tokens: Tensor  # (C, T) captions with <start> ... <end>, padded
     image_index: Tensor  # (C,) which image each caption belongs to
     indices: Tensor  # (B,) record index of each image
@@ -31,7 +31,7 @@ class ImageCaptionDataset(Dataset):
     """
 
     def __init__(self, records: list[CaptionRecord], vocab: Vocabulary,
-                 preprocess: Preprocess) -> None:
+                 preprocess: Preprocess | None) -> None:
         self.records, self.preprocess = records, preprocess
         self.captions: list[list[list[int]]] = []
         self.dropped = 0
@@ -45,6 +45,17 @@ class ImageCaptionDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, list[list[int]], int]:
         return self.preprocess(load_image(self.records[i].image)), self.captions[i], i
+
+
+class FeatureCaptionDataset(ImageCaptionDataset):
+    """Like :class:`ImageCaptionDataset`, but item i carries cached grid features (N, D)."""
+
+    def __init__(self, records: list[CaptionRecord], vocab: Vocabulary, store) -> None:
+        super().__init__(records, vocab, preprocess=None)
+        self.store = store
+
+    def __getitem__(self, i: int) -> tuple[Tensor, list[list[int]], int]:
+        return self.store.get(self.records[i].image_id), self.captions[i], i
 
 
 def collate(items: list[tuple[Tensor, list[list[int]], int]], pad_id: int = 0) -> Batch:

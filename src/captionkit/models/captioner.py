@@ -22,12 +22,11 @@ class CaptionModel(nn.Module):
 
     def forward(self, images: Tensor, tokens: Tensor,
                 image_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Teacher forcing. ``image_index`` (C,) maps each of C captions to its image, so the
-        encoder runs once per image however many captions it has."""
-        feats = self.encode(images)  # (B, N, D)
-        if image_index is not None:
-            feats = feats.index_select(0, image_index)  # (C, N, D)
-        return self.decoder(feats, tokens)  # (C, T, V), (C, T, N)
+        """Teacher forcing. ``images`` are pixels (B, 3, H, W) or cached features (B, N, D).
+        ``image_index`` (C,) maps each of C captions to its image, so the encoder and the
+        attention projection run once per image however many captions it has."""
+        feats = images if images.dim() == 3 else self.encode(images)  # (B, N, D)
+        return self.decoder(feats, tokens, image_index)  # (C, T, V), (C, T, N)
 
     def train(self, mode: bool = True) -> CaptionModel:
         """Like nn.Module.train, but a frozen encoder stays in eval mode (BatchNorm statistics

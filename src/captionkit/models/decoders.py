@@ -49,12 +49,15 @@ class AttentionRNNDecoder(nn.Module):
         self.out_ctx = nn.Linear(feat_dim, cfg.embed_dim, bias=False)
         self.out = nn.Linear(cfg.embed_dim, vocab_size)
 
-    def init_state(self, feats: Tensor) -> State:
-        """(h, c, keys): hidden states from the mean feature, and the attention keys."""
+    def init_state(self, feats: Tensor, keys: Tensor | None = None) -> State:
+        """(h, c, keys): hidden states from the mean feature, and the attention keys (computed
+        here unless the caller already projected them)."""
         mean = feats.mean(dim=1)  # (B, D)
         h = torch.tanh(self.init_h(mean))  # (B, H)
         c = torch.tanh(self.init_c(mean)) if self.init_c is not None else torch.zeros_like(h)
-        return h, c, self.attention.project(feats)  # keys (B, N, A)
+        if keys is None:
+            keys = self.attention.project(feats)  # (B, N, A)
+        return h, c, keys
 
     def _advance(self, feats: Tensor, state: State, emb: Tensor) -> tuple[Tensor, State, Tensor]:
         """One recurrence; returns the pre-vocabulary output (B, E), the new state, alpha."""
@@ -73,17 +76,37 @@ class AttentionRNNDecoder(nn.Module):
         out, state, alpha = self._advance(feats, state, self.embed(token))
         return self.out(self.dropout(out)), state, alpha  # (B, V)
 
-    def forward(self, feats: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing over tokens (B, T) -> logits (B, T, V), alphas (B, T, N)."""
-        state = self.init_state(feats)
-        emb = self.embed(tokens)  # (B, T, E)
-        outs, alphas = [], []
-        for t in range(tokens.size(1)):
-            out, state, alpha = self._advance(feats, state, emb[:, t])
-            outs.append(out)
-            alphas.append(alpha)
-        hidden = torch.stack(outs, dim=1)  # (B, T, E)
-        return self.out(self.dropout(hidden)), torch.stack(alphas, dim=1)  # (B,T,V), (B,T,N)
+    def forward(self, feats: Tensor, tokens: Tensor,
+                image_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher forcing over tokens (C, T) -> logits (C, T, V), alphas (C, T, N).
+
+        ``image_index`` (C,) maps each caption to a row of ``feats`` (B, N, D), so the attention
+        projection is computed once per image rather than once per caption. Steps after a
+        caption's last real token are skipped (their outputs are zero; the loss masks them).
+        """
+        keys = self.attention.project(feats)  # (B, N, A): once per image
+        if image_index is not None:
+            feats, keys = feats[image_index], keys[image_index]  # (C, N, D), (C, N, A)
+        nonpad = tokens.ne(0)  # (C, T) <pad> is id 0
+        last = tokens.size(1) - nonpad.flip(1).int().argmax(1)  # (C,) one past the last real token
+        lengths = torch.where(nonpad.any(1), last, torch.zeros_like(last))
+        order = lengths.argsort(descending=True)
+        feats, keys, emb = feats[order], keys[order], self.embed(tokens[order])  # (C, T, E)
+        active = [int(n) for n in (lengths.unsqueeze(1) > torch.arange(tokens.size(1),
+                                   device=tokens.device)).sum(0)]  # captions alive at step t
+        h, c, keys = self.init_state(feats, keys)
+        outs = emb.new_zeros(emb.size(0), tokens.size(1), emb.size(2))  # (C, T, E)
+        alphas = feats.new_zeros(feats.size(0), tokens.size(1), feats.size(1))  # (C, T, N)
+        for t, n in enumerate(active):
+            if n == 0:
+                break
+            state = (h[:n], c[:n], keys[:n])
+            out, (h_n, c_n, _), alpha = self._advance(feats[:n], state, emb[:n, t])
+            h, c = torch.cat([h_n, h[n:]]), torch.cat([c_n, c[n:]])
+            outs[:n, t], alphas[:n, t] = out, alpha
+        inverse = order.argsort()
+        logits = self.out(self.dropout(outs))  # (C, T, V)
+        return logits[inverse], alphas[inverse]
 
 
 class GRUDecoder(AttentionRNNDecoder):
