@@ -65,3 +65,23 @@ def test_console_script_module_entry():
     out = subprocess.run([sys.executable, "-m", "captionkit", "list-decoders"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["gru", "lstm"]
+
+
+def test_extract_features_then_train_from_cache(tiny_config, tmp_path, capsys):
+    cfg_path = tmp_path / "tiny.yaml"
+    tiny_config.override(["encoder.trainable=false"]).save(cfg_path)
+    cache = tmp_path / "cache"
+    assert main(["extract-features", "--config", str(cfg_path), "--out", str(cache),
+                 "--workers", "0", "--batch-size", "8", "--quiet"]) == 0
+    assert "images cached" in capsys.readouterr().out
+    # a different (freshly initialised) encoder must refuse this cache
+    code = main(["train", "--config", str(cfg_path), "--set", f"data.feature_cache={cache}",
+                 "--set", "train.seed=5", "--set", "train.max_steps=1", "--quiet"])
+    assert code == 2 and "built differently" in capsys.readouterr().err
+
+
+def test_download_help_lists_datasets(capsys):
+    with contextlib.suppress(SystemExit):
+        main(["download", "--help"])
+    out = capsys.readouterr().out
+    assert "flickr8k" in out and "coco2014" in out

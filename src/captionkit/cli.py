@@ -1,4 +1,4 @@
-"""Command line: ``captionkit {demo,train,caption,list-encoders,list-decoders}``."""
+"""Command line: ``captionkit {demo,train,extract-features,download,caption,list-encoders,...}``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def cmd_extract(args: argparse.Namespace) -> None:
                              progress=not args.quiet)
     print(f"{len(store.row)} images cached in {args.out} ({len(store.failed)} unreadable, "
           f"listed in {args.out}/failed.txt)")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from captionkit.download import download_dataset
+
+    path = download_dataset(args.name, Path(args.to), progress=not args.quiet,
+                            base_url=args.mirror)
+    print(f"{args.name} is in {path}")
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -145,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workers", type=int, default=1, help="image-decoding processes")
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=cmd_extract)
+    from captionkit.download import list_downloadable
+
+    dl = sub.add_parser("download", help="download a public dataset (resumable, verified)")
+    dl.add_argument("name", choices=list_downloadable())
+    dl.add_argument("--to", required=True, help="destination folder")
+    dl.add_argument("--mirror", help="base URL of a mirror holding the same file names")
+    dl.add_argument("--quiet", action="store_true")
+    dl.set_defaults(func=cmd_download)
     c = sub.add_parser("caption", help="caption images or folders of images")
     c.add_argument("images", nargs="+")
     c.add_argument("--checkpoint", required=True)

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ def _asset(base: str, stem: str, size: int | None = None, extract_to: str = "") 
     )
 
 
-_KARPATHY = _asset(_KARPATHY_BASE, "caption_datasets", 36_745_453)
+_KARPATHY = replace(_asset(_KARPATHY_BASE, "caption_datasets", 36_745_453), name="karpathy-splits")
 DATASETS_TO_DOWNLOAD: dict[str, tuple[Asset, ...]] = {
     "flickr8k": (
         _asset(_FLICKR8K, "Flickr8k_Dataset"),
