@@ -4,6 +4,7 @@ import torch
 
 from captionkit.config import EncoderConfig
 from captionkit.data.features import FEATURES, INDEX, FeatureStore, encoder_key, extract_features
+from captionkit.data.images import load_image
 from captionkit.data.shapes import read_shapes
 from captionkit.engine import fit
 from captionkit.errors import CaptionKitError
@@ -21,8 +22,7 @@ def test_cache_matches_the_encoder(shapes_root, tmp_path):
     store = extract_features(records, enc, tmp_path / "c", batch_size=4, num_workers=0,
                              progress=False)
     with torch.no_grad():
-        ref = enc(torch.stack([enc.preprocess(__import__("PIL.Image").Image.open(r.image)
-                                              .convert("RGB")) for r in records[:3]]))
+        ref = enc(torch.stack([enc.preprocess(load_image(r.image)) for r in records[:3]]))
     for i in range(3):
         got = store.get(records[i].image_id)
         assert got.shape == (36, 128)
