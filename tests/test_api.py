@@ -1,6 +1,7 @@
 from PIL import Image
 
 import captionkit
+from captionkit.api import Captioner
 from captionkit.data.shapes import read_shapes
 from captionkit.models.decoders import list_decoders
 from captionkit.models.encoders import list_encoders
@@ -29,3 +30,17 @@ def test_listing_functions():
     assert captionkit.list_encoders() == list_encoders()
     assert "shapes_cnn" in captionkit.list_encoders()
     assert captionkit.list_decoders() == list_decoders()
+
+
+def test_fast_encoder_path_matches_eager(trained_checkpoint, shapes_root):
+    import torch
+
+    fast = captionkit.load(trained_checkpoint)
+    eager = Captioner.from_checkpoint(trained_checkpoint)
+    eager.fast = False
+    paths = [r.image for r in read_shapes(shapes_root)[:3]]
+    x = torch.stack([fast.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    assert torch.allclose(fast.encode(x), eager.encode(x), atol=1e-4)  # batch 3 -> trace of 4
+    assert [r.text for r in fast.caption_batch(paths, beam_size=2)] == \
+        [r.text for r in eager.caption_batch(paths, beam_size=2)]
+    assert set(fast._traced) == {4}

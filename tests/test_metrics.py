@@ -1,7 +1,8 @@
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 
-from captionkit.metrics import corpus_bleu
+from captionkit.errors import CaptionKitError
+from captionkit.metrics import corpus_bleu, corpus_bleu_cider
 
 
 def test_bleu_equals_pycocoevalcap_on_tokenised_text():
@@ -20,5 +21,11 @@ def test_perfect_match_scores_one():
 
 
 def test_mismatched_ids_raise():
-    with pytest.raises(ValueError):
+    with pytest.raises(CaptionKitError, match="not in the reference set"):
         corpus_bleu({"a": ["x"]}, {"b": "x"})
+
+
+def test_bleu_cider_subset():
+    refs = {"1": ["a dog runs on grass", "the dog is running"], "2": ["two cats sleep", "cats"]}
+    out = corpus_bleu_cider(refs, {"1": "a dog runs", "2": ""})  # a model may say nothing
+    assert set(out) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"}

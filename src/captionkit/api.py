@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from captionkit.checkpoint import load_checkpoint
+from captionkit.data.features import fast_inference
 from captionkit.data.images import load_image
 from captionkit.decoding import beam_search
 
@@ -29,11 +30,25 @@ class CaptionResult:
 class Captioner:
     """A trained model ready to caption images: wraps model, config and vocabulary."""
 
-    def __init__(self, model, cfg, vocab, meta: dict, device: str = "cpu") -> None:
+    def __init__(self, model, cfg, vocab, meta: dict, device: str = "cpu",
+                 fast: bool = True) -> None:
         self.model, self.cfg, self.vocab, self.meta = model, cfg, vocab, meta
         self.device = torch.device(device)
         self.preprocess = model.encoder.preprocess
         self.grid = tuple(model.encoder.grid)
+        self.fast = fast and self.device.type == "cpu"
+        self._traced: dict[int, object] = {}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> grid features (B, N, D). On CPU through a frozen,
+        channels-last trace of the encoder (built on first use for each power-of-two batch
+        size; see :func:`captionkit.data.features.fast_inference`)."""
+        if not self.fast:
+            return self.model.encode(x)
+        size = 1 << (x.size(0) - 1).bit_length()
+        if size not in self._traced:
+            self._traced[size] = fast_inference(self.model.encoder, size, str(self.device))
+        return self._traced[size](x)  # (B, N, D)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Captioner:
@@ -42,14 +57,17 @@ class Captioner:
 
     @torch.no_grad()
     def caption_batch(self, images: list, beam_size: int = 1, max_len: int | None = None,
-                      length_penalty: float = 0.0) -> list[CaptionResult]:
-        """Caption several images (paths or PIL images) in one batch."""
+                      length_penalty: float = 0.0,
+                      no_repeat_ngram: int = 0) -> list[CaptionResult]:
+        """Caption several images (paths or PIL images) in one batch; each result carries the
+        ``beam_size`` best captions with their scores as ``alternatives``."""
         pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         x = torch.stack([self.preprocess(im.convert("RGB")) for im in pils]).to(self.device)
-        feats = self.model.encode(x)  # (B, N, D)
+        feats = self.encode(x)  # (B, N, D)
         hyps = beam_search(self.model.decoder, feats, start_id=self.vocab.start_id,
                            end_id=self.vocab.end_id, beam_size=beam_size,
-                           max_len=max_len or self.vocab.max_len, length_penalty=length_penalty)
+                           max_len=max_len or self.vocab.max_len, length_penalty=length_penalty,
+                           no_repeat_ngram=no_repeat_ngram)
         results = []
         for im, beams in zip(pils, hyps, strict=True):
             best = beams[0]

@@ -1,4 +1,4 @@
-"""Command line: ``captionkit {demo,train,extract-features,download,caption,list-encoders,...}``."""
+"""Command line: ``captionkit {demo,train,extract-features,download,caption,evaluate,...}``."""
 
 from __future__ import annotations
 
@@ -79,8 +79,18 @@ def _expand(paths: list[str]) -> list[Path]:
     return files
 
 
+def _decode_args(p: argparse.ArgumentParser, beam: int) -> None:
+    p.add_argument("--beam", type=int, default=beam, help="beam size (1 = greedy)")
+    p.add_argument("--max-len", type=int, help="most words per caption (default: vocab's)")
+    p.add_argument("--length-penalty", type=float, default=0.0,
+                   help="rank beams by logprob / len**x (0 = raw log-probability)")
+    p.add_argument("--no-repeat-ngram", type=int, default=0,
+                   help="forbid repeating any n-gram of this size (0 = off)")
+
+
 def cmd_caption(args: argparse.Namespace) -> None:
     from captionkit.api import load
+    from captionkit.data.images import load_image
     from captionkit.errors import ImageLoadError
     from captionkit.viz import attention_figure
 
@@ -88,26 +98,47 @@ def cmd_caption(args: argparse.Namespace) -> None:
     files = _expand(args.images)
     out = open(args.json, "w") if args.json else None  # noqa: SIM115
     failed = 0
-    for i, path in enumerate(files):
-        try:
-            res = captioner.caption(path, beam_size=args.beam)
-        except ImageLoadError as e:
-            failed += 1
-            print(f"error: {e}", file=sys.stderr)
+    for s in range(0, len(files), args.batch_size):
+        chunk, images = [], []
+        for path in files[s : s + args.batch_size]:
+            try:
+                images.append(load_image(path))
+                chunk.append(path)
+            except ImageLoadError as e:
+                failed += 1
+                print(f"error: {e}", file=sys.stderr)
+        if not images:
             continue
-        print(f"{path}\t{res.text}")
-        if out:
-            out.write(json.dumps({"image": str(path), "caption": res.text, "score": res.score,
-                                  "alternatives": res.alternatives}) + "\n")
-        if args.attention_map:
-            target = Path(args.attention_map)
-            if len(files) > 1:
-                target = target.with_name(f"{target.stem}_{i}{target.suffix or '.png'}")
-            attention_figure(res.image, res.words, res.attention, target)
+        results = captioner.caption_batch(images, args.beam, args.max_len, args.length_penalty,
+                                          args.no_repeat_ngram)
+        for i, (path, res) in enumerate(zip(chunk, results, strict=True), start=s):
+            print(f"{path}\t{res.text}")
+            if out:
+                out.write(json.dumps({"image": str(path), "caption": res.text,
+                                      "score": res.score, "alternatives": res.alternatives})
+                          + "\n")
+            if args.attention_map:
+                target = Path(args.attention_map)
+                if len(files) > 1:
+                    target = target.with_name(f"{target.stem}_{i}{target.suffix or '.png'}")
+                attention_figure(res.image, res.words, res.attention, target)
     if out:
         out.close()
     if failed:
         raise CaptionKitError(f"{failed} of {len(files)} image(s) could not be read")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from captionkit.evaluation import DecodeSettings, evaluate_checkpoint, format_scores
+
+    settings = DecodeSettings(args.beam, args.max_len, args.length_penalty,
+                              args.no_repeat_ngram, args.batch_size)
+    record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
+                                 split=args.split, settings=settings,
+                                 feature_cache=args.feature_cache, out=args.out,
+                                 tokenizer=args.tokenizer, progress=not args.quiet)
+    print(format_scores(record))
+    print(f"wrote {args.out}/results.json and {args.out}/metrics.json")
 
 
 def cmd_list(kind: str) -> None:
@@ -116,12 +147,7 @@ def cmd_list(kind: str) -> None:
     print("\n".join(list_encoders() if kind == "encoders" else list_decoders()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from captionkit.models.decoders import list_decoders
-    from captionkit.models.encoders import list_encoders
-
-    p = argparse.ArgumentParser(prog="captionkit", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_train(sub, encoders: str, decoders: str) -> None:
     d = sub.add_parser("demo", help="train and score the built-in shapes dataset")
     d.add_argument("--config", help="YAML preset (default: the shapes demo defaults)")
     d.add_argument("--out", default="runs/demo")
@@ -132,20 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML preset in configs/")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override, e.g. --set train.lr=1e-3")
-    t.add_argument("--encoder", help="one of: " + ", ".join(list_encoders()))
-    t.add_argument("--decoder", help="one of: " + ", ".join(list_decoders()))
+    t.add_argument("--encoder", help="one of: " + encoders)
+    t.add_argument("--decoder", help="one of: " + decoders)
     t.add_argument("--encoder-weights", help="local encoder weights file")
     t.add_argument("--dataset", help="dataset reader name")
     t.add_argument("--data-dir", help="dataset folder")
     t.add_argument("--out", help="run folder")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+
+def _add_data(sub, encoders: str) -> None:
+    from captionkit.download import list_downloadable
+
     x = sub.add_parser("extract-features", help="cache a frozen encoder's grid features")
     x.add_argument("--config", help="YAML preset (its data and encoder sections are used)")
     x.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     x.add_argument("--dataset", help="dataset reader name")
     x.add_argument("--data-dir", help="dataset folder")
-    x.add_argument("--encoder", help="one of: " + ", ".join(list_encoders()))
+    x.add_argument("--encoder", help="one of: " + encoders)
     x.add_argument("--encoder-weights", help="local encoder weights file")
     x.add_argument("--pretrained", action="store_true", help="use the encoder's ImageNet weights")
     x.add_argument("--out", required=True, help="cache folder (resumed if partly written)")
@@ -153,21 +184,48 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workers", type=int, default=1, help="image-decoding processes")
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=cmd_extract)
-    from captionkit.download import list_downloadable
-
     dl = sub.add_parser("download", help="download a public dataset (resumable, verified)")
     dl.add_argument("name", choices=list_downloadable())
     dl.add_argument("--to", required=True, help="destination folder")
     dl.add_argument("--mirror", help="base URL of a mirror holding the same file names")
     dl.add_argument("--quiet", action="store_true")
     dl.set_defaults(func=cmd_download)
+
+
+def _add_inference(sub) -> None:
     c = sub.add_parser("caption", help="caption images or folders of images")
     c.add_argument("images", nargs="+")
     c.add_argument("--checkpoint", required=True)
-    c.add_argument("--beam", type=int, default=1)
+    _decode_args(c, beam=1)
+    c.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     c.add_argument("--attention-map", help="write per-word attention maps to this PNG")
     c.add_argument("--json", help="write one JSON line per image here")
     c.set_defaults(func=cmd_caption)
+    e = sub.add_parser("evaluate", help="caption a dataset split and score it (COCO metrics)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--dataset", help="dataset reader name (default: the checkpoint's)")
+    e.add_argument("--data-dir", help="dataset folder (default: the checkpoint's)")
+    e.add_argument("--split", default="dev")
+    _decode_args(e, beam=3)
+    e.add_argument("--batch-size", type=int, default=50)
+    e.add_argument("--feature-cache", help="read the encoder's features from this cache")
+    e.add_argument("--tokenizer", choices=["python", "java"], default="python",
+                   help="PTB tokenization: pure Python (default) or the original Java")
+    e.add_argument("--out", required=True, help="folder for results.json and metrics.json")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from captionkit.models.decoders import list_decoders
+    from captionkit.models.encoders import list_encoders
+
+    p = argparse.ArgumentParser(prog="captionkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    encoders, decoders = ", ".join(list_encoders()), ", ".join(list_decoders())
+    _add_train(sub, encoders, decoders)
+    _add_data(sub, encoders)
+    _add_inference(sub)
     sub.add_parser("list-encoders", help="registered encoders").set_defaults(
         func=lambda a: cmd_list("encoders"))
     sub.add_parser("list-decoders", help="registered decoders").set_defaults(

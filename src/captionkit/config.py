@@ -50,6 +50,8 @@ class DecoderConfig:
     hidden_dim: int = 256
     attention_dim: int = 128
     dropout: float = 0.5
+    num_layers: int = 2  # transformer decoder blocks (the RNN decoders have one layer)
+    num_heads: int = 4  # transformer attention heads
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke tests)
     amp: bool = False  # bf16 autocast (CUDA, or CPUs with native bf16 such as AVX512-BF16)
     eval_max_len: int = 20  # longest generated caption during validation
+    select_metric: str = "CIDEr-D"  # dev metric that picks the best checkpoint (or BLEU-4)
+    patience: int = 0  # stop after this many epochs without a better dev metric (0 = never)
+    stage: str = "xe"  # xe: cross-entropy | scst: self-critical CIDEr-D optimisation
+    init: str | None = None  # checkpoint to start from (required by the scst stage)
+    scst_samples: int = 5  # sampled captions per image
+    scst_baseline: str = "greedy"  # greedy | mean (of the image's other samples)
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,38 @@ class Hypothesis:
     alphas: Tensor  # (T, N), one row per generated word (and the <end> step, if reached)
 
 
+def _block_repeats(logp: Tensor, seqs: Tensor, n: int) -> Tensor:
+    """Forbid (-inf) every next token that would repeat an n-gram already in a beam's caption."""
+    t = seqs.size(1)
+    if n <= 0 or t < n:  # no complete n-gram yet
+        return logp
+    if n == 1:
+        banned = seqs  # (R, t) any word already said
+        hit = torch.ones_like(seqs, dtype=logp.dtype)
+    else:
+        windows = seqs.unfold(1, n, 1)  # (R, t-n+1, n) every n-gram so far
+        prefix = seqs[:, t - n + 1 :].unsqueeze(1)  # (R, 1, n-1) the last n-1 words
+        hit = (windows[:, :, :-1] == prefix).all(-1).to(logp.dtype)  # (R, t-n+1)
+        banned = windows[:, :, -1]  # (R, t-n+1) the word that completed each n-gram
+    ban = torch.zeros_like(logp).scatter_add_(1, banned, hit) > 0  # (R, V)
+    return logp.masked_fill(ban, float("-inf"))
+
+
 def _reorder(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
     return tuple(s.index_select(0, index) for s in state)
 
 
 @torch.no_grad()
 def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size: int = 3,
-                max_len: int = 20, length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+                max_len: int = 20, length_penalty: float = 0.0,
+                no_repeat_ngram: int = 0) -> list[list[Hypothesis]]:
     """Batched beam search: every image of ``feats`` (B, N, D) at once, ``beam_size`` beams each.
 
     Returns, for each image, its ``beam_size`` hypotheses, best first. The score of a finished
     beam is its log-probability divided by ``len ** length_penalty`` (0 = no normalisation).
+    ``no_repeat_ngram=n`` (> 0) forbids any word n-gram from appearing twice in a caption.
+    All tensor work is batched; Python loops only over time steps (and, after the search, over
+    the results to package them).
     """
     B, N, _ = feats.shape
     k = beam_size
@@ -50,6 +71,7 @@ def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size
     for _ in range(max_len):  # at most max_len words (an <end> may follow within the budget)
         logits, state, alpha = decoder.step(feats, state, token)  # (B*k, V), (B*k, N)
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B*k, V)
+        logp = _block_repeats(logp, seqs, no_repeat_ngram)
         V = logp.size(1)
         frozen = torch.full_like(logp, float("-inf"))
         frozen[:, end_id] = 0.0  # a finished beam repeats <end> at no cost
@@ -90,9 +112,39 @@ def _collect(seqs: Tensor, lps: Tensor, alphas: Tensor, scores: Tensor, B: int, 
     return out
 
 
-def greedy(decoder, feats: Tensor, *, start_id: int, end_id: int,
-           max_len: int = 20) -> list[Hypothesis]:
+def greedy(decoder, feats: Tensor, *, start_id: int, end_id: int, max_len: int = 20,
+           no_repeat_ngram: int = 0) -> list[Hypothesis]:
     """Greedy decoding: the best (only) hypothesis of a beam search with one beam."""
     hyps = beam_search(decoder, feats, start_id=start_id, end_id=end_id, beam_size=1,
-                       max_len=max_len)
+                       max_len=max_len, no_repeat_ngram=no_repeat_ngram)
     return [h[0] for h in hyps]
+
+
+def sample(decoder, feats: Tensor, *, start_id: int, end_id: int, max_len: int = 20,
+           num_samples: int = 1, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Ancestral sampling with gradients kept (for self-critical training).
+
+    Each image of ``feats`` (B, N, D) gets ``num_samples`` captions, image-major. Returns
+    ``tokens`` (B*n, T) with 0 after each caption's <end>, ``logprobs`` (B*n, T) of the sampled
+    tokens, and ``mask`` (B*n, T): 1 on every sampled word and the <end> that closes it.
+    """
+    feats = feats.repeat_interleave(num_samples, dim=0)  # (B*n, N, D)
+    state = decoder.init_state(feats)
+    R = feats.size(0)
+    token = torch.full((R,), start_id, dtype=torch.long, device=feats.device)
+    alive = torch.ones(R, dtype=torch.bool, device=feats.device)
+    never = torch.tensor([0, start_id], device=feats.device)  # <pad> (id 0) and <start>
+    toks, lps, masks = [], [], []
+    for _ in range(max_len + 1):  # max_len words, then a forced stop
+        logits, state, _ = decoder.step(feats, state, token)  # (R, V)
+        logits = logits.float().index_fill(1, never, float("-inf"))
+        logp = torch.log_softmax(logits / temperature, dim=-1)  # (R, V)
+        token = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)
+        masks.append(alive)
+        toks.append(torch.where(alive, token, torch.zeros_like(token)))
+        lps.append(logp.gather(1, token.unsqueeze(1)).squeeze(1) * alive)
+        alive = alive & (token != end_id)
+        if not bool(alive.any()):
+            break
+    return torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(masks, 1).float()

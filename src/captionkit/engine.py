@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,25 +12,28 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from captionkit.checkpoint import save_checkpoint
+from captionkit.checkpoint import load_checkpoint, save_checkpoint
 from captionkit.config import Config, TrainConfig
 from captionkit.data import DATASETS, by_split, load_records
 from captionkit.data.dataset import (
     FeatureCaptionDataset,
     ImageCaptionDataset,
+    LengthBucketSampler,
     collate,
     partition_readable,
     require_records,
     write_skip_report,
 )
 from captionkit.data.features import FeatureStore, encoder_key
-from captionkit.decoding import Hypothesis, greedy
+from captionkit.decoding import Hypothesis, beam_search
 from captionkit.errors import CaptionKitError
 from captionkit.losses import caption_loss
-from captionkit.metrics import corpus_bleu
+from captionkit.metrics import corpus_bleu_cider
 from captionkit.models.captioner import CaptionModel, build_model
 from captionkit.models.decoders import DECODERS
 from captionkit.models.encoders import ENCODERS
+from captionkit.schedule import lr_multiplier
+from captionkit.scst import reward_scorer, train_scst_epoch
 from captionkit.vocab import Vocabulary
 
 
@@ -40,19 +42,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
-    """Learning-rate factor at ``step`` (pure): linear warm-up, then constant or cosine decay."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise CaptionKitError(f"unknown lr_schedule {schedule!r}; choose constant or cosine")
 
 
 def build_optimizer(model: CaptionModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -112,28 +101,31 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
 
 @torch.no_grad()
 def generate(model: CaptionModel, loader: DataLoader, vocab: Vocabulary, device: torch.device,
-             max_len: int = 20, progress: bool = True) -> dict[int, Hypothesis]:
-    """Greedy captions for every image of ``loader``: record index -> hypothesis."""
+             max_len: int = 20, progress: bool = True, beam_size: int = 1,
+             length_penalty: float = 0.0, no_repeat_ngram: int = 0) -> dict[int, Hypothesis]:
+    """The best caption (beam search; greedy at ``beam_size=1``) for every image of ``loader``:
+    record index -> hypothesis. Batches may hold pixels or cached features."""
     model.eval()
     out: dict[int, Hypothesis] = {}
     for batch in tqdm(loader, desc="caption", disable=not progress, leave=False):
         x = batch.images.to(device)
         feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
-        hyps = greedy(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
-                      max_len=max_len)
-        out.update(zip(batch.indices.tolist(), hyps, strict=True))
+        beams = beam_search(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
+                            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+                            no_repeat_ngram=no_repeat_ngram)
+        out.update(zip(batch.indices.tolist(), (b[0] for b in beams), strict=True))
     return out
 
 
 def evaluate(model: CaptionModel, dataset: ImageCaptionDataset, vocab: Vocabulary,
              device: torch.device, batch_size: int = 32, max_len: int = 20,
              progress: bool = True) -> tuple[dict[str, float], dict[int, Hypothesis]]:
-    """Caption every image of ``dataset`` greedily and score BLEU against its references."""
+    """Caption every image of ``dataset`` greedily; BLEU-1..4 and CIDEr-D on its references."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     hyps = generate(model, loader, vocab, device, max_len, progress)
     refs = {str(i): list(dataset.records[i].captions) for i in hyps}
     res = {str(i): vocab.decode(h.tokens) for i, h in hyps.items()}
-    return corpus_bleu(refs, res), hyps
+    return corpus_bleu_cider(refs, res), hyps
 
 
 @dataclass
@@ -190,9 +182,40 @@ def check_names(cfg: Config) -> None:
     DECODERS.get(cfg.decoder.name)
 
 
+def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionModel, Vocabulary]:
+    """Model and vocabulary of ``cfg.train.init``; its architecture must be the config's."""
+    if not cfg.train.init:
+        raise CaptionKitError(f"train.stage={cfg.train.stage} starts from a trained model: "
+                              "set train.init=CHECKPOINT (e.g. --init runs/xe/best)")
+    model, init_cfg, vocab, _ = load_checkpoint(cfg.train.init, str(device))
+    diff = [f"encoder.name: checkpoint {init_cfg.encoder.name!r}, config {cfg.encoder.name!r}"]
+    diff = diff if init_cfg.encoder.name != cfg.encoder.name else []
+    for k, v in vars(init_cfg.decoder).items():
+        if k != "dropout" and getattr(cfg.decoder, k) != v:
+            diff.append(f"decoder.{k}: checkpoint {v!r}, config {getattr(cfg.decoder, k)!r}")
+    if diff:
+        raise CaptionKitError(f"{cfg.train.init} does not match the config: " + "; ".join(diff))
+    return model, vocab
+
+
+def epoch_runner(cfg: Config, train_ds, vocab: Vocabulary, device: torch.device, total: int,
+                 progress: bool):
+    """``run(model, loader, optimizer, step) -> (losses, step)`` for the configured stage."""
+    t = cfg.train
+    if t.stage == "xe":
+        return lambda m, loader, opt, step: train_one_epoch(
+            m, loader, opt, t, device, step, total, vocab.pad_id, progress)
+    if t.stage == "scst":
+        cider = reward_scorer(train_ds)
+        return lambda m, loader, opt, step: train_scst_epoch(
+            m, loader, opt, cider, vocab, t, device, step, total, progress)
+    raise CaptionKitError(f"unknown train.stage {t.stage!r}; choose xe or scst")
+
+
 def fit(cfg: Config, progress: bool = True) -> FitResult:
-    """Train a captioner as ``cfg`` says, validating each epoch and keeping the best checkpoint
-    (highest dev BLEU-4) in ``<out_dir>/best`` and the latest in ``<out_dir>/last``."""
+    """Train a captioner as ``cfg`` says (cross-entropy, or SCST from ``train.init``),
+    validating each epoch and keeping the best checkpoint by ``train.select_metric`` on dev in
+    ``<out_dir>/best`` and the latest in ``<out_dir>/last``."""
     check_names(cfg)
     t0 = time.perf_counter()
     run_dir = Path(cfg.train.out_dir)
@@ -201,37 +224,53 @@ def fit(cfg: Config, progress: bool = True) -> FitResult:
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     train_recs, dev_recs, vocab = prepare_data(cfg, run_dir, progress)
-    vocab.save(run_dir / "vocab.json")
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg, len(vocab)).to(device)
+    if cfg.train.stage == "xe":
+        model = build_model(cfg, len(vocab)).to(device)
+    else:
+        model, vocab = init_from_checkpoint(cfg, device)
+    vocab.save(run_dir / "vocab.json")
     train_ds, dev_ds = make_datasets(cfg, model, train_recs, dev_recs, vocab)
     if train_ds.dropped:
         print(f"dropped {train_ds.dropped} training caption(s) with no known words")
-    loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,
-                        collate_fn=collate, num_workers=cfg.data.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    sampler = LengthBucketSampler.for_dataset(train_ds, cfg.train.batch_size, cfg.train.seed)
+    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.data.num_workers)
     optimizer = build_optimizer(model, cfg.train)
     total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    step, best, history = 0, None, []
+    run = epoch_runner(cfg, train_ds, vocab, device, total, progress)
+    return train_loop(cfg, model, loader, dev_ds, optimizer, run, vocab, device, run_dir, t0,
+                      progress)
+
+
+def train_loop(cfg: Config, model, loader, dev_ds, optimizer, run, vocab, device, run_dir: Path,
+               t0: float, progress: bool) -> FitResult:
+    """Epochs of ``run`` with dev validation, checkpoints and early stopping."""
+    key = cfg.train.select_metric
+    step, best, best_epoch, history = 0, None, 0, []
     for epoch in range(1, cfg.train.epochs + 1):
-        losses, step = train_one_epoch(model, loader, optimizer, cfg.train, device, step, total,
-                                       vocab.pad_id, progress)
+        losses, step = run(model, loader, optimizer, step)
         metrics, _ = evaluate(model, dev_ds, vocab, device, cfg.train.batch_size,
                               cfg.train.eval_max_len, progress)
+        if key not in metrics:
+            raise CaptionKitError(f"train.select_metric {key!r} is not one of {list(metrics)}")
         row = {"epoch": epoch, "step": step, **losses, **metrics,
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"epoch {epoch}: loss {losses['loss']:.3f}  dev BLEU-4 {metrics['BLEU-4']:.3f}  "
-              f"({row['seconds']:.0f}s)")
+              f"CIDEr-D {metrics['CIDEr-D']:.3f}  ({row['seconds']:.0f}s)")
         save_checkpoint(run_dir / "last", model, cfg, vocab, epoch, metrics)
-        if best is None or metrics["BLEU-4"] > best["BLEU-4"]:
-            best = metrics
+        if best is None or metrics[key] > best[key]:
+            best, best_epoch = metrics, epoch
             save_checkpoint(run_dir / "best", model, cfg, vocab, epoch, metrics)
         if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
+            break
+        if cfg.train.patience and epoch - best_epoch >= cfg.train.patience:
+            print(f"early stop: no better dev {key} for {cfg.train.patience} epoch(s)")
             break
     return FitResult(run_dir, run_dir / "best", best or {}, history,
                      time.perf_counter() - t0)

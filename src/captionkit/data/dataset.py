@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from captionkit.data.images import Preprocess, load_image
@@ -56,6 +56,49 @@ class FeatureCaptionDataset(ImageCaptionDataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, list[list[int]], int]:
         return self.store.get(self.records[i].image_id), self.captions[i], i
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Shuffled batches of images whose captions have similar lengths, so a batch's captions end
+    at about the same step and little padding is carried through the recurrence.
+
+    Each epoch: shuffle all images, cut the order into pools of ``pool`` batches, sort each pool
+    by mean caption length, cut it into batches, and shuffle the batches. Seeded per epoch, so
+    the data order is a pure function of (seed, epoch).
+    """
+
+    def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool: int = 50,
+                 drop_last: bool = False) -> None:
+        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+
+    @classmethod
+    def for_dataset(cls, ds: ImageCaptionDataset, batch_size: int, seed: int = 0,
+                    pool: int = 50) -> LengthBucketSampler:
+        lengths = [sum(map(len, cs)) / max(len(cs), 1) for cs in ds.captions]
+        return cls(lengths, batch_size, seed, pool)
+
+    def __len__(self) -> int:
+        n, b = len(self.lengths), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The batches of ``epoch`` (pure)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.batch_size * self.pool
+        out = []
+        for s in range(0, len(order), span):
+            chunk = sorted(order[s : s + span], key=lambda i: self.lengths[i])
+            out += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            out = [b for b in out if len(b) == self.batch_size]
+        return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+
+    def __iter__(self):
+        batches = self.batches(self.epoch)
+        self.epoch += 1
+        return iter(batches)
 
 
 def collate(items: list[tuple[Tensor, list[list[int]], int]], pad_id: int = 0) -> Batch:

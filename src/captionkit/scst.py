@@ -1,0 +1,108 @@
+"""Self-critical sequence training (Rennie et al., 2017): optimise CIDEr-D directly.
+
+After cross-entropy training, each image's captions are *sampled* from the model and rewarded
+by their CIDEr-D against the image's references (document frequencies fixed from the training
+references). The REINFORCE gradient uses a baseline so only captions better than it are made
+more likely: the model's own greedy caption ("greedy", the paper's choice) or the mean reward of
+the image's other samples ("mean", as in later work).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from captionkit.config import TrainConfig
+from captionkit.data.dataset import ImageCaptionDataset
+from captionkit.decoding import greedy, sample
+from captionkit.errors import CaptionKitError
+from captionkit.metrics import ptb
+from captionkit.metrics.cider import CiderD
+from captionkit.schedule import lr_multiplier
+from captionkit.vocab import Vocabulary
+
+BASELINES = ("greedy", "mean")
+
+
+def reward_scorer(dataset: ImageCaptionDataset) -> CiderD:
+    """CIDEr-D over the training references (PTB-tokenized), keyed by image id."""
+    return CiderD({r.image_id: [ptb.tokenize(c) for c in r.captions] for r in dataset.records})
+
+
+def caption_rewards(cider: CiderD, image_ids: list[str], tokens: Tensor,
+                    vocab: Vocabulary) -> Tensor:
+    """CIDEr-D of each row of ``tokens`` (R, T) (word ids, <end>/<pad> ignored), (R,)."""
+    texts = [ptb.tokenize(vocab.decode(row)) for row in tokens.tolist()]
+    return torch.from_numpy(cider.scores(image_ids, texts)).float()
+
+
+def scst_loss(logprobs: Tensor, mask: Tensor, rewards: Tensor, baseline: Tensor) -> Tensor:
+    """REINFORCE with a baseline: -(r - b) * log p(caption), averaged over sampled tokens."""
+    advantage = (rewards - baseline).to(logprobs.device).unsqueeze(1)  # (R, 1)
+    return -(advantage * logprobs * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def baseline_rewards(model, feats: Tensor, rewards: Tensor, ids: list[str], cider: CiderD,
+                     vocab: Vocabulary, cfg: TrainConfig) -> Tensor:
+    """The baseline for each of the B*n sampled captions, (B*n,)."""
+    n = cfg.scst_samples
+    if cfg.scst_baseline == "mean":
+        if n < 2:
+            raise CaptionKitError("the 'mean' SCST baseline needs train.scst_samples >= 2")
+        r = rewards.view(-1, n)  # (B, n)
+        return ((r.sum(1, keepdim=True) - r) / (n - 1)).view(-1)  # mean of the other samples
+    if cfg.scst_baseline != "greedy":
+        raise CaptionKitError(f"unknown train.scst_baseline {cfg.scst_baseline!r}; "
+                              f"choose from {BASELINES}")
+    model.eval()
+    with torch.no_grad():
+        hyps = greedy(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
+                      max_len=cfg.eval_max_len)
+    model.train()
+    texts = [ptb.tokenize(vocab.decode(h.tokens)) for h in hyps]
+    greedy_r = torch.from_numpy(cider.scores(ids[::n], texts)).float()  # (B,)
+    return greedy_r.repeat_interleave(n)
+
+
+def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                     cider: CiderD, vocab: Vocabulary, cfg: TrainConfig,
+                     device: torch.device, step: int, total_steps: int,
+                     progress: bool = True) -> tuple[dict[str, float], int]:
+    """One SCST pass over ``loader``. Returns (mean loss, sampled-caption reward and baseline
+    reward on the training images, global step after the epoch)."""
+    model.train()
+    records = loader.dataset.records
+    sums = {"loss": 0.0, "reward": 0.0, "baseline": 0.0}
+    batches = 0
+    for batch in tqdm(loader, desc="scst", disable=not progress, leave=False):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * lr_multiplier(step, total_steps, cfg.lr_schedule,
+                                                   cfg.warmup_steps)
+        x = batch.images.to(device)
+        feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
+        ids = [records[i].image_id for i in batch.indices.tolist() for _ in
+               range(cfg.scst_samples)]
+        tokens, logprobs, mask = sample(model.decoder, feats, start_id=vocab.start_id,
+                                        end_id=vocab.end_id, max_len=cfg.eval_max_len,
+                                        num_samples=cfg.scst_samples)  # (B*n, T) each
+        rewards = caption_rewards(cider, ids, tokens, vocab)  # (B*n,)
+        base = baseline_rewards(model, feats.detach(), rewards, ids, cider, vocab, cfg)
+        loss = scst_loss(logprobs, mask, rewards, base)
+        if not torch.isfinite(loss):
+            raise CaptionKitError(f"SCST loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        batches += 1
+        sums["loss"] += loss.item()
+        sums["reward"] += float(rewards.mean())
+        sums["baseline"] += float(base.mean())
+    return {k: v / max(batches, 1) for k, v in sums.items()}, step
+
