@@ -33,7 +33,8 @@ from captionkit.data.dataset import FeatureCaptionDataset, LengthBucketSampler, 
 from captionkit.data.features import extract_features
 from captionkit.data.images import load_image
 from captionkit.data.records import CaptionRecord
-from captionkit.engine import build_optimizer, resolve_device, train_one_epoch
+from captionkit.distributed import resolve_device
+from captionkit.engine import build_optimizer, train_one_epoch
 from captionkit.models.captioner import build_model
 from captionkit.models.encoders import build_encoder
 from captionkit.vocab import Vocabulary

@@ -64,7 +64,7 @@ def test_bad_inputs_give_clear_errors(trained_checkpoint, tmp_path, capsys):
 def test_console_script_module_entry():
     out = subprocess.run([sys.executable, "-m", "captionkit", "list-decoders"],
                          capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["gru", "lstm"]
+    assert out.stdout.split() == ["gru", "lstm", "transformer"]
 
 
 def test_extract_features_then_train_from_cache(tiny_config, tmp_path, capsys):

@@ -201,3 +201,19 @@ def test_lite0_encoder_pretrained_and_weights_file_agree():
     b = ENCODERS.get("efficientnet_lite0")(weights=path)
     _same_params(a, b)
     assert a.training and a.preprocess == W.LITE0_PREPROCESS
+
+
+@pytest.mark.parametrize("name,n", [("efficientnet_lite0", 2), ("shapes_cnn", 1)])
+def test_finetune_last_stages_only(name, n):
+    enc = build_encoder(EncoderConfig(name=name, trainable=False, finetune_blocks=n))
+    stages = enc.stages()
+    assert len(stages) >= 4
+    for i, stage in enumerate(stages):
+        want = i >= len(stages) - n
+        assert all(p.requires_grad == want for p in stage.parameters()), (i, name)
+    enc.train()
+    bns = [m for s in stages[:-n] for m in s.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)  # frozen stages keep their statistics
+    assert any(m.training for m in stages[-1].modules())
+    with pytest.raises(CaptionKitError, match="cannot fine-tune"):
+        enc.unfreeze_last(len(stages) + 1)

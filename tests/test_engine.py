@@ -11,7 +11,6 @@ from captionkit.engine import (
     build_optimizer,
     evaluate,
     fit,
-    resolve_device,
     train_one_epoch,
 )
 from captionkit.models.captioner import build_model
@@ -77,8 +76,3 @@ def test_fit_skips_unreadable_images_and_lists_them(tiny_config, tmp_path):
 def test_max_steps_stops_early(tiny_config):
     result = fit(tiny_config.override(["train.max_steps=2", "train.epochs=5"]), progress=False)
     assert result.history[-1]["step"] == 2 and len(result.history) == 1
-
-
-def test_resolve_device():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda")

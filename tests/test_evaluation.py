@@ -61,3 +61,25 @@ def test_empty_split_refused(trained_checkpoint, shapes_root, tmp_path):
     with pytest.raises(CaptionKitError, match="has no images"):
         evaluate_checkpoint(trained_checkpoint, data_dir=str(shapes_root), split="nope",
                             progress=False)
+
+
+def test_scoring_a_results_file_and_refusing_bad_ones(shapes_root, tmp_path, capsys):
+    from captionkit.data.shapes import read_shapes
+
+    dev = [r for r in read_shapes(shapes_root) if r.split == "dev"]
+    good = [{"image_id": r.image_id, "caption": r.captions[0]} for r in dev]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    args = ["evaluate", "--results", str(tmp_path / "good.json"), "--dataset", "shapes",
+            "--data-dir", str(shapes_root), "--split", "dev", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["scores"]["BLEU-1"] > 0.9
+    bad = {"dupe": good + good[:1], "unknown": good + [{"image_id": "zz", "caption": "a"}],
+           "empty": [{**good[0], "caption": "  "}] + good[1:]}
+    why = {"dupe": "more than once", "unknown": "not in the reference set",
+           "empty": "empty"}
+    for name, rows in bad.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+        args[2] = str(tmp_path / f"{name}.json")
+        capsys.readouterr()
+        assert main(args) == 2
+        assert why[name] in capsys.readouterr().err

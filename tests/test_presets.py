@@ -36,3 +36,21 @@ def test_seed_configuration_trains_a_few_steps(preset, tiny_csv, tmp_path):
     assert result.history[0]["step"] == 2
     assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
     assert (result.best_checkpoint / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_loads_and_names_registered_parts(preset):
+    from captionkit.engine import check_names
+
+    check_names(load_config(CONFIGS / f"{preset}.yaml"))
+
+
+def test_transformer_preset_builds_and_steps():
+    from captionkit.models.captioner import build_model
+
+    cfg = load_config(CONFIGS / "flickr8k_lite0_transformer.yaml", ["encoder.pretrained=false"])
+    model = build_model(cfg, 50).eval()
+    feats = torch.randn(2, 49, 1280)
+    tokens = torch.randint(4, 50, (3, 6))
+    logits, alphas = model.decoder(feats, tokens, torch.tensor([0, 1, 1]))
+    assert logits.shape == (3, 6, 50) and alphas.shape == (3, 6, 49)

@@ -16,7 +16,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     sets = list(args.set or [])
     for flag, key in (("encoder", "encoder.name"), ("decoder", "decoder.name"),
                       ("encoder_weights", "encoder.weights"), ("out", "train.out_dir"),
-                      ("data_dir", "data.root"), ("dataset", "data.dataset")):
+                      ("data_dir", "data.root"), ("dataset", "data.dataset"),
+                      ("stage", "train.stage"), ("init", "train.init")):
         value = getattr(args, flag, None)
         if value is not None:
             sets.append(f"{key}={value}")
@@ -35,8 +36,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     from captionkit.config import load_config
     from captionkit.engine import fit
 
-    cfg = load_config(args.config, _overrides(args))
-    result = fit(cfg, progress=not args.quiet)
+    if args.resume:
+        saved = load_config(Path(args.resume) / "config.yaml")
+        cfg = saved
+        if args.config or _overrides(args):
+            asked = load_config(args.config, [*_overrides(args),
+                                              f"train.out_dir={saved.train.out_dir}"])
+            if diff := saved.diff(asked):
+                raise CaptionKitError(f"refusing to resume {args.resume} with a different "
+                                      "config: " + "; ".join(diff))
+    else:
+        cfg = load_config(args.config, _overrides(args))
+    result = fit(cfg, progress=not args.quiet, resume=bool(args.resume))
     print(f"best checkpoint: {result.best_checkpoint}  {json.dumps(result.best_metrics)}")
 
 
@@ -129,8 +140,22 @@ def cmd_caption(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from captionkit.evaluation import DecodeSettings, evaluate_checkpoint, format_scores
+    from captionkit.evaluation import (
+        DecodeSettings,
+        evaluate_checkpoint,
+        format_scores,
+        score_results_file,
+    )
 
+    if (args.checkpoint is None) == (args.results is None):
+        raise CaptionKitError("evaluate needs exactly one of --checkpoint or --results")
+    if args.results:
+        if not (args.dataset and args.data_dir):
+            raise CaptionKitError("--results needs --dataset and --data-dir for the references")
+        record = score_results_file(args.results, dataset=args.dataset, data_dir=args.data_dir,
+                                    split=args.split, out=args.out, tokenizer=args.tokenizer)
+        print(format_scores(record))
+        return
     settings = DecodeSettings(args.beam, args.max_len, args.length_penalty,
                               args.no_repeat_ngram, args.batch_size)
     record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
@@ -164,6 +189,10 @@ def _add_train(sub, encoders: str, decoders: str) -> None:
     t.add_argument("--dataset", help="dataset reader name")
     t.add_argument("--data-dir", help="dataset folder")
     t.add_argument("--out", help="run folder")
+    t.add_argument("--stage", choices=["xe", "scst"], help="cross-entropy or self-critical")
+    t.add_argument("--init", help="checkpoint to start from (needed by --stage scst)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run exactly from its last resume point")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -202,7 +231,8 @@ def _add_inference(sub) -> None:
     c.add_argument("--json", help="write one JSON line per image here")
     c.set_defaults(func=cmd_caption)
     e = sub.add_parser("evaluate", help="caption a dataset split and score it (COCO metrics)")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", help="model to caption the split with")
+    e.add_argument("--results", help="or: score this COCO results JSON instead")
     e.add_argument("--dataset", help="dataset reader name (default: the checkpoint's)")
     e.add_argument("--data-dir", help="dataset folder (default: the checkpoint's)")
     e.add_argument("--split", default="dev")

@@ -40,7 +40,8 @@ class EncoderConfig:
     name: str = "shapes_cnn"  # a name in captionkit.models.ENCODERS
     pretrained: bool = False  # load ImageNet weights (offline where the encoder allows)
     weights: str | None = None  # a local weights file (safetensors or state dict) instead
-    trainable: bool = True  # False freezes the encoder
+    trainable: bool = True  # False freezes the encoder...
+    finetune_blocks: int = 0  # ...except its last N stages (trained at train.encoder_lr)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class TrainConfig:
     init: str | None = None  # checkpoint to start from (required by the scst stage)
     scst_samples: int = 5  # sampled captions per image
     scst_baseline: str = "greedy"  # greedy | mean (of the image's other samples)
+    checkpoint_every: int = 0  # also write a resume point every N steps (0 = each epoch end)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,12 @@ class Config:
                 raise ConfigError(f"override {item!r}: no field {key!r} in the config")
             d[section][name] = yaml.safe_load(raw) if raw.strip() else None
         return Config.from_dict(d)
+
+    def diff(self, other: Config) -> list[str]:
+        """Every field that differs, as ``section.key: self -> other``."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{sec}.{k}: {a[sec][k]!r} -> {b[sec][k]!r}"
+                for sec in a for k in a[sec] if a[sec][k] != b[sec][k]]
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from captionkit.checkpoint import load_checkpoint, save_checkpoint
+from captionkit.checkpoint import load_checkpoint
 from captionkit.config import Config, TrainConfig
 from captionkit.data import DATASETS, by_split, load_records
 from captionkit.data.dataset import (
@@ -26,22 +24,18 @@ from captionkit.data.dataset import (
 )
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.decoding import Hypothesis, beam_search
-from captionkit.errors import CaptionKitError
+from captionkit.distributed import Dist, all_sum, setup, wrap
+from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.loop import FitResult, TrainLoop
 from captionkit.losses import caption_loss
 from captionkit.metrics import corpus_bleu_cider
 from captionkit.models.captioner import CaptionModel, build_model
 from captionkit.models.decoders import DECODERS
 from captionkit.models.encoders import ENCODERS
+from captionkit.resume import Progress, data_fingerprint, has_resume, load_resume
 from captionkit.schedule import lr_multiplier
 from captionkit.scst import reward_scorer, train_scst_epoch
 from captionkit.vocab import Vocabulary
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_optimizer(model: CaptionModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -65,8 +59,12 @@ def autocast(enabled: bool, device: torch.device):
 
 def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, device: torch.device, step: int, total_steps: int,
-                    pad_id: int = 0, progress: bool = True) -> tuple[dict[str, float], int]:
-    """One pass over ``loader``. Returns (mean losses, global step after the epoch)."""
+                    pad_id: int = 0, progress: bool = True, on_step=None,
+                    d: Dist | None = None) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``. Returns (mean losses, global step after the epoch).
+    ``on_step(step, batches_done)`` is called after every optimizer step (checkpointing).
+    Under data parallelism (``d``) the loss is normalised by the global batch."""
+    d = d or Dist()
     model.train()
     sums = {"loss": 0.0, "ce": 0.0}
     n = 0
@@ -81,11 +79,15 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
         with autocast(cfg.amp, device):
             logits, alphas = model(batch.images.to(device), tokens[:, :-1],
                                    batch.image_index.to(device))  # (C, T-1, V), (C, T-1, N)
+        counts = None
+        if d.active:  # divide by global counts / world: DDP's gradient mean then is exact
+            local = torch.tensor([float(tokens[:, 1:].ne(pad_id).sum()), tokens.size(0)],
+                                 device=device)
+            counts = tuple(all_sum(local, d) / d.world)
         loss, ce = caption_loss(logits.float(), alphas.float(), tokens[:, 1:], pad_id,
-                                cfg.alpha_c)
+                                cfg.alpha_c, counts)
         if not torch.isfinite(loss):
-            raise CaptionKitError(f"loss became {loss.item()} at step {step}; "
-                                  "the last checkpoint before it is kept in the run folder")
+            raise NonFiniteLossError(f"loss became {loss.item()} at step {step}", step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -93,9 +95,12 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
         optimizer.step()
         step += 1
         n += 1
-        sums["loss"] += loss.item()
-        sums["ce"] += ce.item()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        logged = all_sum(torch.stack([loss.detach(), ce.detach()]), d) / d.world
+        sums["loss"] += logged[0].item()
+        sums["ce"] += logged[1].item()
+        bar.set_postfix(loss=f"{logged[0].item():.3f}")
+        if on_step is not None:
+            on_step(step, n)
     return {k: v / max(n, 1) for k, v in sums.items()}, step
 
 
@@ -128,15 +133,6 @@ def evaluate(model: CaptionModel, dataset: ImageCaptionDataset, vocab: Vocabular
     return corpus_bleu_cider(refs, res), hyps
 
 
-@dataclass
-class FitResult:
-    run_dir: Path
-    best_checkpoint: Path
-    best_metrics: dict[str, float]
-    history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def prepare_data(cfg: Config, run_dir: Path, progress: bool = True):
     """Read the dataset, skip unreadable images (listed in the run folder), build the vocab."""
     records = load_records(cfg.data)
@@ -162,9 +158,9 @@ def make_datasets(cfg: Config, model: CaptionModel, train: list, dev: list, voca
     if cfg.data.feature_cache is None:
         pre = model.encoder.preprocess
         return ImageCaptionDataset(train, vocab, pre), ImageCaptionDataset(dev, vocab, pre)
-    if cfg.encoder.trainable:
-        raise CaptionKitError("data.feature_cache needs a frozen encoder "
-                              "(encoder.trainable=false); a trained encoder reads images")
+    if cfg.encoder.trainable or cfg.encoder.finetune_blocks > 0:
+        raise CaptionKitError("data.feature_cache needs a frozen encoder (encoder.trainable="
+                              "false, finetune_blocks=0); a trained encoder reads images")
     store = FeatureStore(cfg.data.feature_cache, encoder_key(model.encoder))
     missing = [r.image_id for r in train + dev if r.image_id not in store]
     if missing:
@@ -199,23 +195,27 @@ def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionMode
 
 
 def epoch_runner(cfg: Config, train_ds, vocab: Vocabulary, device: torch.device, total: int,
-                 progress: bool):
-    """``run(model, loader, optimizer, step) -> (losses, step)`` for the configured stage."""
-    t = cfg.train
+                 progress: bool, d: Dist | None = None):
+    """``run(model, loader, optimizer, step, on_step) -> (losses, step)`` for the stage."""
+    t, d = cfg.train, d or Dist()
     if t.stage == "xe":
-        return lambda m, loader, opt, step: train_one_epoch(
-            m, loader, opt, t, device, step, total, vocab.pad_id, progress)
+        return lambda m, loader, opt, step, on_step: train_one_epoch(
+            m, loader, opt, t, device, step, total, vocab.pad_id, progress, on_step, d)
     if t.stage == "scst":
+        if d.active:
+            raise CaptionKitError("SCST under torchrun is not supported yet; run it in one "
+                                  "process")
         cider = reward_scorer(train_ds)
-        return lambda m, loader, opt, step: train_scst_epoch(
-            m, loader, opt, cider, vocab, t, device, step, total, progress)
+        return lambda m, loader, opt, step, on_step: train_scst_epoch(
+            m, loader, opt, cider, vocab, t, device, step, total, progress, on_step)
     raise CaptionKitError(f"unknown train.stage {t.stage!r}; choose xe or scst")
 
 
-def fit(cfg: Config, progress: bool = True) -> FitResult:
+def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
     """Train a captioner as ``cfg`` says (cross-entropy, or SCST from ``train.init``),
     validating each epoch and keeping the best checkpoint by ``train.select_metric`` on dev in
-    ``<out_dir>/best`` and the latest in ``<out_dir>/last``."""
+    ``<out_dir>/best`` and the latest in ``<out_dir>/last``. With ``resume`` a run folder's
+    resume point is continued exactly (same weights as a run that was never interrupted)."""
     check_names(cfg)
     t0 = time.perf_counter()
     run_dir = Path(cfg.train.out_dir)
@@ -224,7 +224,7 @@ def fit(cfg: Config, progress: bool = True) -> FitResult:
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     train_recs, dev_recs, vocab = prepare_data(cfg, run_dir, progress)
-    device = resolve_device(cfg.train.device)
+    d, device = setup(cfg.train.device)
     if cfg.train.stage == "xe":
         model = build_model(cfg, len(vocab)).to(device)
     else:
@@ -234,43 +234,27 @@ def fit(cfg: Config, progress: bool = True) -> FitResult:
     if train_ds.dropped:
         print(f"dropped {train_ds.dropped} training caption(s) with no known words")
     sampler = LengthBucketSampler.for_dataset(train_ds, cfg.train.batch_size, cfg.train.seed)
+    sampler.rank, sampler.world = d.rank, d.world
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.num_workers)
+                        num_workers=cfg.data.num_workers, generator=torch.Generator())
     optimizer = build_optimizer(model, cfg.train)
     total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    run = epoch_runner(cfg, train_ds, vocab, device, total, progress)
-    return train_loop(cfg, model, loader, dev_ds, optimizer, run, vocab, device, run_dir, t0,
-                      progress)
+    fingerprint = data_fingerprint(train_ds.records, dev_ds.records, vocab)
+    state = Progress()
+    if resume and has_resume(run_dir):
+        state = load_resume(run_dir, model, optimizer, fingerprint)
+        print(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.step})")
+    run = epoch_runner(cfg, train_ds, vocab, device, total, progress and d.main, d)
 
+    def validate() -> tuple[dict[str, float], list[str]]:
+        metrics, hyps = evaluate(model, dev_ds, vocab, device, cfg.train.batch_size,
+                                 cfg.train.eval_max_len, progress and d.main)
+        samples = [f"{vocab.decode(h.tokens)}  (reference: {dev_ds.records[i].captions[0]})"
+                   for i, h in list(hyps.items())[:5]]
+        return metrics, samples
 
-def train_loop(cfg: Config, model, loader, dev_ds, optimizer, run, vocab, device, run_dir: Path,
-               t0: float, progress: bool) -> FitResult:
-    """Epochs of ``run`` with dev validation, checkpoints and early stopping."""
-    key = cfg.train.select_metric
-    step, best, best_epoch, history = 0, None, 0, []
-    for epoch in range(1, cfg.train.epochs + 1):
-        losses, step = run(model, loader, optimizer, step)
-        metrics, _ = evaluate(model, dev_ds, vocab, device, cfg.train.batch_size,
-                              cfg.train.eval_max_len, progress)
-        if key not in metrics:
-            raise CaptionKitError(f"train.select_metric {key!r} is not one of {list(metrics)}")
-        row = {"epoch": epoch, "step": step, **losses, **metrics,
-               "seconds": round(time.perf_counter() - t0, 1)}
-        history.append(row)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"epoch {epoch}: loss {losses['loss']:.3f}  dev BLEU-4 {metrics['BLEU-4']:.3f}  "
-              f"CIDEr-D {metrics['CIDEr-D']:.3f}  ({row['seconds']:.0f}s)")
-        save_checkpoint(run_dir / "last", model, cfg, vocab, epoch, metrics)
-        if best is None or metrics[key] > best[key]:
-            best, best_epoch = metrics, epoch
-            save_checkpoint(run_dir / "best", model, cfg, vocab, epoch, metrics)
-        if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
-            break
-        if cfg.train.patience and epoch - best_epoch >= cfg.train.patience:
-            print(f"early stop: no better dev {key} for {cfg.train.patience} epoch(s)")
-            break
-    return FitResult(run_dir, run_dir / "best", best or {}, history,
-                     time.perf_counter() - t0)
+    loop = TrainLoop(cfg, model, optimizer, run_dir, fingerprint, state, d,
+                     wrap(model, d, device))
+    return loop.run(run, loader, validate, vocab, t0)

@@ -34,3 +34,11 @@ class CheckpointError(CaptionKitError):
 
 class ConfigError(CaptionKitError):
     """A config file or override is invalid."""
+
+
+class NonFiniteLossError(CaptionKitError):
+    """The training loss became NaN or infinite at ``step``."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step

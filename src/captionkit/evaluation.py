@@ -24,7 +24,7 @@ from captionkit.data.dataset import (
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.engine import generate
 from captionkit.errors import CaptionKitError
-from captionkit.metrics.coco import ALL_METRICS, score_captions
+from captionkit.metrics.coco import ALL_METRICS, results_to_dict, score_captions
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def split_dataset(model, cfg, vocab, split: str, feature_cache: str | None,
                   progress: bool = True) -> tuple[ImageCaptionDataset, list[str]]:
     """The split's records as a dataset (features from the cache when given, else images)
     plus the images left out (unreadable, or not in the cache)."""
-    records = by_split(load_records(cfg.data), split)
+    records = by_split(load_records(cfg.data, generate=False), split)
     if not records:
         raise CaptionKitError(f"{cfg.data.root}: the {split!r} split of {cfg.data.dataset!r} "
                               "has no images")
@@ -98,10 +98,36 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
     return record
 
 
+def score_results_file(results: str | Path, *, dataset: str, data_dir: str, split: str = "dev",
+                       out: str | Path | None = None, metrics: tuple[str, ...] = ALL_METRICS,
+                       tokenizer: str = "python") -> dict:
+    """Score an existing COCO-format results file (``[{"image_id", "caption"}]``, e.g. from
+    another model) against a split's references; bad files are refused before scoring."""
+    try:
+        rows = json.loads(Path(results).read_text())
+    except (OSError, ValueError) as e:
+        raise CaptionKitError(f"{results}: cannot read results JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise CaptionKitError(f"{results}: expected a JSON list of {{image_id, caption}}")
+    hyps = results_to_dict(rows)
+    from captionkit.config import DataConfig
+
+    records = by_split(load_records(DataConfig(dataset=dataset, root=data_dir), generate=False),
+                       split)
+    refs = {r.image_id: list(r.captions) for r in records}
+    scores = score_captions(refs, hyps, metrics, tokenizer)
+    record = {"results": str(results), "dataset": dataset, "data_dir": data_dir,
+              "split": split, "tokenizer": tokenizer, **scores.to_dict()}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "metrics.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 def format_scores(record: dict) -> str:
     """A small table of a metrics record for the terminal."""
-    lines = [f"{record['dataset']} {record['split']} ({record['images']} images), "
-             f"beam {record['decode']['beam']}"]
+    how = f"beam {record['decode']['beam']}" if "decode" in record else record["results"]
+    lines = [f"{record['dataset']} {record['split']} ({record['images']} images), {how}"]
     lines += [f"  {k:<8} {v:.4f}" for k, v in record["scores"].items()]
     lines += [f"  {k:<8} unavailable: {why}" for k, why in record["unavailable"].items()]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from captionkit.config import TrainConfig
 from captionkit.data.dataset import ImageCaptionDataset
 from captionkit.decoding import greedy, sample
-from captionkit.errors import CaptionKitError
+from captionkit.errors import CaptionKitError, NonFiniteLossError
 from captionkit.metrics import ptb
 from captionkit.metrics.cider import CiderD
 from captionkit.schedule import lr_multiplier
@@ -69,7 +69,7 @@ def baseline_rewards(model, feats: Tensor, rewards: Tensor, ids: list[str], cide
 def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      cider: CiderD, vocab: Vocabulary, cfg: TrainConfig,
                      device: torch.device, step: int, total_steps: int,
-                     progress: bool = True) -> tuple[dict[str, float], int]:
+                     progress: bool = True, on_step=None) -> tuple[dict[str, float], int]:
     """One SCST pass over ``loader``. Returns (mean loss, sampled-caption reward and baseline
     reward on the training images, global step after the epoch)."""
     model.train()
@@ -93,7 +93,7 @@ def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer
         base = baseline_rewards(model, feats.detach(), rewards, ids, cider, vocab, cfg)
         loss = scst_loss(logprobs, mask, rewards, base)
         if not torch.isfinite(loss):
-            raise CaptionKitError(f"SCST loss became {loss.item()} at step {step}")
+            raise NonFiniteLossError(f"SCST loss became {loss.item()} at step {step}", step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -104,5 +104,7 @@ def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer
         sums["loss"] += loss.item()
         sums["reward"] += float(rewards.mean())
         sums["baseline"] += float(base.mean())
+        if on_step is not None:
+            on_step(step, batches)
     return {k: v / max(batches, 1) for k, v in sums.items()}, step
 

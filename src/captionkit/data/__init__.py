@@ -10,7 +10,7 @@ from captionkit.data.csv_captions import read_csv
 from captionkit.data.flickr8k import read_flickr8k
 from captionkit.data.karpathy import read_karpathy
 from captionkit.data.records import SPLITS, CaptionRecord, by_split
-from captionkit.data.shapes import ensure_shapes
+from captionkit.data.shapes import ensure_shapes, read_shapes
 from captionkit.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig], list[CaptionRecord]]] = Registry("dataset")
@@ -41,8 +41,11 @@ def _csv(cfg: DataConfig) -> list[CaptionRecord]:
     return read_csv(cfg.root, seed=cfg.seed)
 
 
-def load_records(cfg: DataConfig) -> list[CaptionRecord]:
-    """Read (or, for ``shapes``, generate) the dataset a config names."""
+def load_records(cfg: DataConfig, generate: bool = True) -> list[CaptionRecord]:
+    """Read (or, for ``shapes``, generate) the dataset a config names. With ``generate=False``
+    a generated dataset is only read, whatever parameters made it."""
+    if cfg.dataset == "shapes" and not generate:
+        return read_shapes(cfg.root)
     return DATASETS.get(cfg.dataset)(cfg)
 
 

@@ -70,7 +70,8 @@ class LengthBucketSampler(Sampler[list[int]]):
     def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool: int = 50,
                  drop_last: bool = False) -> None:
         self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.seed, self.drop_last, self.epoch, self.skip = seed, drop_last, 0, 0
+        self.rank, self.world = 0, 1  # data parallelism: each process takes its slice
 
     @classmethod
     def for_dataset(cls, ds: ImageCaptionDataset, batch_size: int, seed: int = 0,
@@ -95,9 +96,16 @@ class LengthBucketSampler(Sampler[list[int]]):
             out = [b for b in out if len(b) == self.batch_size]
         return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
 
+    def position(self, epoch: int, skip: int = 0) -> None:
+        """Make the next iteration yield epoch ``epoch``'s batches from batch ``skip`` on
+        (resuming a run mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
+
     def __iter__(self):
-        batches = self.batches(self.epoch)
-        self.epoch += 1
+        batches = self.batches(self.epoch)[self.skip :]
+        self.epoch, self.skip = self.epoch + 1, 0
+        if self.world > 1:  # every process gets a non-empty slice of the same global batch
+            batches = [b[self.rank :: self.world] for b in batches if len(b) >= self.world]
         return iter(batches)
 
 

@@ -1,1 +1,3 @@
-"""Models: encoders (images -> grid features), attention, decoders, the captioner."""
+"""Encoders, attention and decoders. Importing the package registers every built-in decoder."""
+
+from captionkit.models import decoders, transformer  # noqa: F401  (registration)

@@ -102,9 +102,45 @@ class Encoder(nn.Module):
         self.frozen = True
         return self.eval()
 
+    def stages(self) -> list[nn.Sequential]:
+        """The backbone's stages in forward order, for partial fine-tuning: its top-level
+        children with parameters (any ``blocks``/``features`` container opened up), a
+        normalisation layer kept with the layer before it."""
+        out: list[list[nn.Module]] = []
+        for name, child in self.backbone.named_children():
+            kids = list(child.children()) if name in ("blocks", "features") else [child]
+            for k in kids:
+                if not any(True for _ in k.parameters()):
+                    continue
+                if isinstance(k, nn.modules.batchnorm._BatchNorm) and out:
+                    out[-1].append(k)
+                else:
+                    out.append([k])
+        return [nn.Sequential(*group) for group in out]
+
+    def unfreeze_last(self, n: int) -> Encoder:
+        """Freeze everything, then let the last ``n`` stages (and the positional embedding)
+        train; the frozen stages keep their BatchNorm statistics fixed."""
+        self.freeze()
+        if n <= 0:
+            return self
+        stages = self.stages()
+        if n > len(stages):
+            raise CaptionKitError(f"{self.name} has {len(stages)} stages; cannot fine-tune {n}")
+        for m in stages[-n:]:
+            m.requires_grad_(True)
+        if self.pos_embed is not None:
+            self.pos_embed.requires_grad_(True)
+        self.frozen = False
+        self._fixed = stages[:-n]
+        return self.train()
+
     def train(self, mode: bool = True) -> Encoder:
-        """Like ``nn.Module.train``, but a frozen encoder always stays in eval mode."""
-        return super().train(mode and not self.frozen)
+        """Like ``nn.Module.train``, but a frozen encoder (or frozen stages) stays in eval."""
+        super().train(mode and not self.frozen)
+        for m in getattr(self, "_fixed", []):
+            m.eval()
+        return self
 
 
 class _InceptionInput(nn.Module):
@@ -225,8 +261,9 @@ def list_encoders() -> list[str]:
 
 
 def build_encoder(cfg: EncoderConfig) -> Encoder:
-    """Build ``cfg.name`` with its weights; freeze it when ``cfg.trainable`` is False."""
+    """Build ``cfg.name`` with its weights; freeze it when ``cfg.trainable`` is False, except
+    its last ``cfg.finetune_blocks`` stages."""
     enc = ENCODERS.get(cfg.name)(pretrained=cfg.pretrained, weights=cfg.weights)
     if not cfg.trainable:
-        enc.freeze()
+        enc.unfreeze_last(cfg.finetune_blocks)
     return enc
