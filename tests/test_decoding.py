@@ -141,3 +141,11 @@ def test_sample_shapes_masks_and_gradients():
     again = sample(dec, feats, start_id=START, end_id=END, max_len=6, num_samples=4,
                    generator=torch.Generator().manual_seed(0))[0]
     assert torch.equal(again, toks)  # seeded
+
+
+def test_banned_tokens_are_never_generated():
+    feats = torch.randn(2, 5, 6)
+    for hyps in beam_search(_Parrot(), feats, start_id=START, end_id=END, beam_size=3,
+                            max_len=6, banned=(0, 1, 3)):
+        for h in hyps:
+            assert not {0, 1, 3} & set(h.tokens) and h.tokens

@@ -8,12 +8,12 @@ from captionkit.config import Config
 from captionkit.data import by_split, load_records
 from captionkit.data.dataset import ImageCaptionDataset, collate
 from captionkit.engine import (
-    build_optimizer,
     evaluate,
     fit,
     train_one_epoch,
 )
 from captionkit.models.captioner import build_model
+from captionkit.optim import build_optimizer
 from captionkit.vocab import Vocabulary
 
 

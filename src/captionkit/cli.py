@@ -157,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(format_scores(record))
         return
     settings = DecodeSettings(args.beam, args.max_len, args.length_penalty,
-                              args.no_repeat_ngram, args.batch_size)
+                              args.no_repeat_ngram, args.batch_size, args.precision)
     record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
                                  split=args.split, settings=settings,
                                  feature_cache=args.feature_cache, out=args.out,
@@ -237,6 +237,8 @@ def _add_inference(sub) -> None:
     e.add_argument("--data-dir", help="dataset folder (default: the checkpoint's)")
     e.add_argument("--split", default="dev")
     _decode_args(e, beam=3)
+    e.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="decoder arithmetic (bf16 is faster where the hardware has it)")
     e.add_argument("--batch-size", type=int, default=50)
     e.add_argument("--feature-cache", help="read the encoder's features from this cache")
     e.add_argument("--tokenizer", choices=["python", "java"], default="python",

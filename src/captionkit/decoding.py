@@ -39,6 +39,10 @@ def _block_repeats(logp: Tensor, seqs: Tensor, n: int) -> Tensor:
     return logp.masked_fill(ban, float("-inf"))
 
 
+def _repeat(state: tuple[Tensor, ...], n: int) -> tuple[Tensor, ...]:
+    return state if n == 1 else tuple(t.repeat_interleave(n, dim=0) for t in state)
+
+
 def _reorder(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
     return tuple(s.index_select(0, index) for s in state)
 
@@ -46,19 +50,21 @@ def _reorder(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
 @torch.no_grad()
 def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size: int = 3,
                 max_len: int = 20, length_penalty: float = 0.0,
-                no_repeat_ngram: int = 0) -> list[list[Hypothesis]]:
+                no_repeat_ngram: int = 0, banned: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
     """Batched beam search: every image of ``feats`` (B, N, D) at once, ``beam_size`` beams each.
 
     Returns, for each image, its ``beam_size`` hypotheses, best first. The score of a finished
     beam is its log-probability divided by ``len ** length_penalty`` (0 = no normalisation).
-    ``no_repeat_ngram=n`` (> 0) forbids any word n-gram from appearing twice in a caption.
+    ``no_repeat_ngram=n`` (> 0) forbids any word n-gram from appearing twice in a caption;
+    ``banned`` token ids are never generated (callers pass ``vocab.banned``: <pad>, <start>,
+    <unk>).
     All tensor work is batched; Python loops only over time steps (and, after the search, over
     the results to package them).
     """
     B, N, _ = feats.shape
     k = beam_size
+    state = _repeat(decoder.init_state(feats), k)  # image-side work once per image
     feats = feats.repeat_interleave(k, dim=0)  # (B*k, N, D)
-    state = decoder.init_state(feats)
     token = torch.full((B * k,), start_id, dtype=torch.long, device=feats.device)
     scores = torch.full((B, k), float("-inf"), device=feats.device)
     scores[:, 0] = 0.0  # only the first beam is alive at the start
@@ -68,9 +74,12 @@ def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size
     alphas = torch.empty(B * k, 0, N, device=feats.device)
     done = torch.zeros(B * k, dtype=torch.bool, device=feats.device)
     offsets = (torch.arange(B, device=feats.device) * k).unsqueeze(1)  # (B, 1)
+    never = torch.tensor(banned, dtype=torch.long, device=feats.device)
     for _ in range(max_len):  # at most max_len words (an <end> may follow within the budget)
         logits, state, alpha = decoder.step(feats, state, token)  # (B*k, V), (B*k, N)
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B*k, V)
+        if banned:
+            logp = logp.index_fill(1, never, float("-inf"))
         logp = _block_repeats(logp, seqs, no_repeat_ngram)
         V = logp.size(1)
         frozen = torch.full_like(logp, float("-inf"))
@@ -113,15 +122,15 @@ def _collect(seqs: Tensor, lps: Tensor, alphas: Tensor, scores: Tensor, B: int, 
 
 
 def greedy(decoder, feats: Tensor, *, start_id: int, end_id: int, max_len: int = 20,
-           no_repeat_ngram: int = 0) -> list[Hypothesis]:
+           no_repeat_ngram: int = 0, banned: tuple[int, ...] = ()) -> list[Hypothesis]:
     """Greedy decoding: the best (only) hypothesis of a beam search with one beam."""
     hyps = beam_search(decoder, feats, start_id=start_id, end_id=end_id, beam_size=1,
-                       max_len=max_len, no_repeat_ngram=no_repeat_ngram)
+                       max_len=max_len, no_repeat_ngram=no_repeat_ngram, banned=banned)
     return [h[0] for h in hyps]
 
 
 def sample(decoder, feats: Tensor, *, start_id: int, end_id: int, max_len: int = 20,
-           num_samples: int = 1, temperature: float = 1.0,
+           num_samples: int = 1, temperature: float = 1.0, banned: tuple[int, ...] = (),
            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Ancestral sampling with gradients kept (for self-critical training).
 
@@ -129,12 +138,12 @@ def sample(decoder, feats: Tensor, *, start_id: int, end_id: int, max_len: int =
     ``tokens`` (B*n, T) with 0 after each caption's <end>, ``logprobs`` (B*n, T) of the sampled
     tokens, and ``mask`` (B*n, T): 1 on every sampled word and the <end> that closes it.
     """
+    state = _repeat(decoder.init_state(feats), num_samples)
     feats = feats.repeat_interleave(num_samples, dim=0)  # (B*n, N, D)
-    state = decoder.init_state(feats)
     R = feats.size(0)
     token = torch.full((R,), start_id, dtype=torch.long, device=feats.device)
     alive = torch.ones(R, dtype=torch.bool, device=feats.device)
-    never = torch.tensor([0, start_id], device=feats.device)  # <pad> (id 0) and <start>
+    never = torch.tensor(sorted({0, start_id, *banned}), device=feats.device)  # <pad>, <start>
     toks, lps, masks = [], [], []
     for _ in range(max_len + 1):  # max_len words, then a forced stop
         logits, state, _ = decoder.step(feats, state, token)  # (R, V)

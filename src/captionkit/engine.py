@@ -25,36 +25,18 @@ from captionkit.data.dataset import (
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.decoding import Hypothesis, beam_search
 from captionkit.distributed import Dist, all_sum, setup, wrap
-from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.errors import CaptionKitError
 from captionkit.loop import FitResult, TrainLoop
 from captionkit.losses import caption_loss
 from captionkit.metrics import corpus_bleu_cider
 from captionkit.models.captioner import CaptionModel, build_model
 from captionkit.models.decoders import DECODERS
 from captionkit.models.encoders import ENCODERS
+from captionkit.optim import build_optimizer, set_lr, update
+from captionkit.precision import autocast, inference_decoder
 from captionkit.resume import Progress, data_fingerprint, has_resume, load_resume
-from captionkit.schedule import lr_multiplier
 from captionkit.scst import reward_scorer, train_scst_epoch
 from captionkit.vocab import Vocabulary
-
-
-def build_optimizer(model: CaptionModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over the decoder, plus the encoder at its own learning rate when it is trainable."""
-    groups = [{"params": list(model.decoder.parameters()), "lr": cfg.lr}]
-    enc = [p for p in model.encoder.parameters() if p.requires_grad]
-    if enc:
-        groups.append({"params": enc, "lr": cfg.encoder_lr})
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
-
-
-def autocast(enabled: bool, device: torch.device):
-    """bf16 autocast where the hardware does bf16 natively; a no-op context otherwise."""
-    native = device.type == "cuda" or (device.type == "cpu"
-                                        and torch.backends.mkldnn.is_available()
-                                        and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native)
 
 
 def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -72,9 +54,7 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
     for batch in bar:
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr_multiplier(step, total_steps, cfg.lr_schedule,
-                                                   cfg.warmup_steps)
+        set_lr(optimizer, step, total_steps, cfg)
         tokens = batch.tokens.to(device)
         with autocast(cfg.amp, device):
             logits, alphas = model(batch.images.to(device), tokens[:, :-1],
@@ -86,13 +66,7 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
             counts = tuple(all_sum(local, d) / d.world)
         loss, ce = caption_loss(logits.float(), alphas.float(), tokens[:, 1:], pad_id,
                                 cfg.alpha_c, counts)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {loss.item()} at step {step}", step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        update(model, optimizer, loss, cfg, step)
         step += 1
         n += 1
         logged = all_sum(torch.stack([loss.detach(), ce.detach()]), d) / d.world
@@ -107,17 +81,21 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
 @torch.no_grad()
 def generate(model: CaptionModel, loader: DataLoader, vocab: Vocabulary, device: torch.device,
              max_len: int = 20, progress: bool = True, beam_size: int = 1,
-             length_penalty: float = 0.0, no_repeat_ngram: int = 0) -> dict[int, Hypothesis]:
+             length_penalty: float = 0.0, no_repeat_ngram: int = 0,
+             dtype: torch.dtype = torch.float32) -> dict[int, Hypothesis]:
     """The best caption (beam search; greedy at ``beam_size=1``) for every image of ``loader``:
-    record index -> hypothesis. Batches may hold pixels or cached features."""
+    record index -> hypothesis. Batches may hold pixels or cached features. ``dtype`` bf16
+    decodes with a bf16 copy of the decoder."""
     model.eval()
+    decoder = inference_decoder(model.decoder, dtype)
     out: dict[int, Hypothesis] = {}
     for batch in tqdm(loader, desc="caption", disable=not progress, leave=False):
         x = batch.images.to(device)
         feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
-        beams = beam_search(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
+        beams = beam_search(decoder, feats.to(dtype), start_id=vocab.start_id,
+                            end_id=vocab.end_id,
                             beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
-                            no_repeat_ngram=no_repeat_ngram)
+                            no_repeat_ngram=no_repeat_ngram, banned=vocab.banned)
         out.update(zip(batch.indices.tolist(), (b[0] for b in beams), strict=True))
     return out
 

@@ -25,6 +25,7 @@ from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.engine import generate
 from captionkit.errors import CaptionKitError
 from captionkit.metrics.coco import ALL_METRICS, results_to_dict, score_captions
+from captionkit.precision import resolve as resolve_precision
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class DecodeSettings:
     length_penalty: float = 0.0
     no_repeat_ngram: int = 0
     batch_size: int = 50
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware has it)
 
 
 def split_dataset(model, cfg, vocab, split: str, feature_cache: str | None,
@@ -78,7 +80,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
     loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False, collate_fn=collate)
     hyps = generate(model, loader, vocab, torch.device(device),
                     settings.max_len or vocab.max_len, progress, settings.beam,
-                    settings.length_penalty, settings.no_repeat_ngram)
+                    settings.length_penalty, settings.no_repeat_ngram,
+                    resolve_precision(settings.precision, torch.device(device)))
     results = [{"image_id": ds.records[i].image_id, "caption": vocab.decode(h.tokens)}
                for i, h in sorted(hyps.items())]
     refs = {r.image_id: list(r.captions) for r in ds.records}

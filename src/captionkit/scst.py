@@ -17,10 +17,10 @@ from tqdm import tqdm
 from captionkit.config import TrainConfig
 from captionkit.data.dataset import ImageCaptionDataset
 from captionkit.decoding import greedy, sample
-from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.errors import CaptionKitError
 from captionkit.metrics import ptb
 from captionkit.metrics.cider import CiderD
-from captionkit.schedule import lr_multiplier
+from captionkit.optim import set_lr, update
 from captionkit.vocab import Vocabulary
 
 BASELINES = ("greedy", "mean")
@@ -59,7 +59,7 @@ def baseline_rewards(model, feats: Tensor, rewards: Tensor, ids: list[str], cide
     model.eval()
     with torch.no_grad():
         hyps = greedy(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
-                      max_len=cfg.eval_max_len)
+                      max_len=cfg.eval_max_len, banned=vocab.banned)
     model.train()
     texts = [ptb.tokenize(vocab.decode(h.tokens)) for h in hyps]
     greedy_r = torch.from_numpy(cider.scores(ids[::n], texts)).float()  # (B,)
@@ -79,26 +79,19 @@ def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer
     for batch in tqdm(loader, desc="scst", disable=not progress, leave=False):
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr_multiplier(step, total_steps, cfg.lr_schedule,
-                                                   cfg.warmup_steps)
+        set_lr(optimizer, step, total_steps, cfg)
         x = batch.images.to(device)
         feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
         ids = [records[i].image_id for i in batch.indices.tolist() for _ in
                range(cfg.scst_samples)]
         tokens, logprobs, mask = sample(model.decoder, feats, start_id=vocab.start_id,
                                         end_id=vocab.end_id, max_len=cfg.eval_max_len,
-                                        num_samples=cfg.scst_samples)  # (B*n, T) each
+                                        num_samples=cfg.scst_samples,
+                                        banned=vocab.banned)  # (B*n, T) each
         rewards = caption_rewards(cider, ids, tokens, vocab)  # (B*n,)
         base = baseline_rewards(model, feats.detach(), rewards, ids, cider, vocab, cfg)
         loss = scst_loss(logprobs, mask, rewards, base)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"SCST loss became {loss.item()} at step {step}", step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        update(model, optimizer, loss, cfg, step)
         step += 1
         batches += 1
         sums["loss"] += loss.item()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def attention_figure(image: Image.Image, words: list[str], attention: np.ndarray
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=80, format="png")
     plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as im:  # a 256-colour palette keeps the file small
+        im.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
     return path

@@ -29,6 +29,7 @@ class Vocabulary:
         self.max_len = max_len
 
     pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
+    banned = (0, 1, 3)  # never generated: <pad>, <start>, <unk>
 
     @classmethod
     def build(cls, captions: Iterable[str], min_freq: int = 1, max_len: int = 20) -> Vocabulary:

@@ -151,6 +151,17 @@ def _spice(gts, res, timeout: float) -> float:
     return float(_with_timeout(lambda: Spice().compute_score(gts, res)[0], timeout))
 
 
+def _run_java_metric(out: CaptionScores, name: str, missing: str | None, run) -> None:
+    """Score with an external Java scorer, or record why it could not run (never a 0)."""
+    if missing:
+        out.unavailable[name] = missing
+        return
+    try:
+        out.scores[name] = run()
+    except Exception as e:  # noqa: BLE001 - an external Java tool; say why it failed
+        out.unavailable[name] = f"{name} failed: {e}"
+
+
 def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
                    metrics: tuple[str, ...] = ALL_METRICS, tokenizer: str = "python",
                    timeout: float = 600.0, allow_empty: bool = False) -> CaptionScores:
@@ -175,13 +186,7 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
         bleu, _ = _quiet(Bleu(4).compute_score, gts, res)
         out.scores.update({f"BLEU-{i + 1}": float(s) for i, s in enumerate(bleu)})
     if "METEOR" in metrics:
-        if reason := _java_missing():
-            out.unavailable["METEOR"] = reason
-        else:
-            try:
-                out.scores["METEOR"] = meteor(gts, res, timeout)
-            except Exception as e:  # noqa: BLE001 - an external Java tool; say why
-                out.unavailable["METEOR"] = f"METEOR failed: {e}"
+        _run_java_metric(out, "METEOR", _java_missing(), lambda: meteor(gts, res, timeout))
     if "ROUGE-L" in metrics:
         from pycocoevalcap.rouge.rouge import Rouge
 
@@ -191,11 +196,5 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
 
         out.scores["CIDEr-D"] = float(_quiet(Cider().compute_score, gts, res)[0])
     if "SPICE" in metrics:
-        if reason := spice_missing():
-            out.unavailable["SPICE"] = reason
-        else:
-            try:
-                out.scores["SPICE"] = _spice(gts, res, timeout)
-            except Exception as e:  # noqa: BLE001 - an external Java tool; say why
-                out.unavailable["SPICE"] = f"SPICE failed: {e}"
+        _run_java_metric(out, "SPICE", spice_missing(), lambda: _spice(gts, res, timeout))
     return out
