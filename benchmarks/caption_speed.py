@@ -61,8 +61,8 @@ def throughput(captioner: Captioner, batches, beam: int, repeats: int) -> float:
 
     def run() -> None:
         for feats in batches:
-            beam_search(captioner.model.decoder, feats, start_id=v.start_id, end_id=v.end_id,
-                        beam_size=beam, max_len=v.max_len)
+            beam_search(captioner.decoder, feats.to(captioner.dtype), start_id=v.start_id,
+                        end_id=v.end_id, beam_size=beam, max_len=v.max_len, banned=v.banned)
     run()
     rates = []
     for _ in range(repeats):
@@ -109,7 +109,8 @@ def main() -> None:
     photos = (sorted(Path(args.photos).glob("*.jpg")) if args.photos
               else synthetic_photos(Path(tmp.name)))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; model: {args.checkpoint or 'untrained preset'} "
+          f"{torch.__version__}; decoder {cap.dtype}; model: "
+          f"{args.checkpoint or 'untrained preset'} "
           f"({cap.cfg.encoder.name} + {cap.cfg.decoder.name}); features: "
           f"{args.cache or 'random'}; photos: {args.photos or 'synthetic'} ({len(photos)})")
     batches = feature_batches(cap, args.cache, args.images, args.batch_size)

@@ -20,7 +20,8 @@ def table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     reasons: dict[str, str] = {}
     for r in records:
-        cells = [f"{r['encoder']} + {r['decoder']}", r["split"], str(r["decode"]["beam"]),
+        stage = f" ({r['stage']})" if r.get("stage") else ""
+        cells = [f"{r['encoder']} + {r['decoder']}{stage}", r["split"], str(r["decode"]["beam"]),
                  str(r["images"])]
         for c in COLUMNS:
             if c in r["scores"]:

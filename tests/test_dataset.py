@@ -44,3 +44,12 @@ def test_order_is_a_pure_function_of_seed_and_epoch() -> None:
 def test_drop_last() -> None:
     s = LengthBucketSampler(_lengths(100), 32, drop_last=True)
     assert len(s) == 3 and all(len(b) == 32 for b in s)
+
+
+def test_pool_zero_is_plain_shuffling():
+    lengths = _lengths(200)
+    s = LengthBucketSampler(lengths, 32, seed=4, pool=0)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches[:-1]]
+    assert sum(spread) / len(spread) > 10  # lengths are mixed, not bucketed

@@ -40,7 +40,7 @@ def run_demo(cfg: Config | None = None, out_dir: str | Path = "runs/demo",
     cfg = replace(cfg, train=replace(cfg.train, out_dir=str(out_dir)))
     out = Path(out_dir)
     result = fit(cfg, progress=progress)
-    captioner = Captioner.from_checkpoint(result.best_checkpoint)
+    captioner = Captioner.from_checkpoint(result.best_checkpoint, precision="fp32")
     test = by_split(load_records(cfg.data), "test")
     metrics, results = score_shapes(captioner, test)
     metrics["train_seconds"] = round(result.seconds, 1)

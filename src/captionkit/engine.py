@@ -169,6 +169,9 @@ def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionMode
             diff.append(f"decoder.{k}: checkpoint {v!r}, config {getattr(cfg.decoder, k)!r}")
     if diff:
         raise CaptionKitError(f"{cfg.train.init} does not match the config: " + "; ".join(diff))
+    for m in model.modules():  # dropout is a training choice, not part of the architecture
+        if isinstance(m, torch.nn.Dropout):
+            m.p = cfg.decoder.dropout
     return model, vocab
 
 
@@ -211,7 +214,8 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
     train_ds, dev_ds = make_datasets(cfg, model, train_recs, dev_recs, vocab)
     if train_ds.dropped:
         print(f"dropped {train_ds.dropped} training caption(s) with no known words")
-    sampler = LengthBucketSampler.for_dataset(train_ds, cfg.train.batch_size, cfg.train.seed)
+    sampler = LengthBucketSampler.for_dataset(train_ds, cfg.train.batch_size, cfg.train.seed,
+                                              cfg.train.bucket_pool)
     sampler.rank, sampler.world = d.rank, d.world
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers, generator=torch.Generator())

@@ -90,6 +90,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
     record = {"checkpoint": str(checkpoint), "dataset": data.dataset, "data_dir": data.root,
               "split": split, "decode": settings.__dict__, "tokenizer": tokenizer,
               "encoder": cfg.encoder.name, "decoder": cfg.decoder.name,
+              "stage": cfg.train.stage,
               "checkpoint_epoch": meta.get("epoch"), "left_out": len(left_out),
               "empty_captions": sum(not r["caption"] for r in results),
               **scores.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}

@@ -64,7 +64,9 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     Each epoch: shuffle all images, cut the order into pools of ``pool`` batches, sort each pool
     by mean caption length, cut it into batches, and shuffle the batches. Seeded per epoch, so
-    the data order is a pure function of (seed, epoch).
+    the data order is a pure function of (seed, epoch). ``pool=0`` gives plain shuffled batches
+    (when caption length tracks content, as in the shapes data, same-length batches are also
+    same-content batches, which can hurt).
     """
 
     def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool: int = 50,
@@ -87,10 +89,11 @@ class LengthBucketSampler(Sampler[list[int]]):
         """The batches of ``epoch`` (pure)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
-        span = self.batch_size * self.pool
+        span = self.batch_size * self.pool if self.pool > 0 else len(order)
         out = []
-        for s in range(0, len(order), span):
-            chunk = sorted(order[s : s + span], key=lambda i: self.lengths[i])
+        for s in range(0, len(order), max(span, 1)):
+            chunk = order[s : s + span] if self.pool <= 0 else \
+                sorted(order[s : s + span], key=lambda i: self.lengths[i])
             out += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         if self.drop_last:
             out = [b for b in out if len(b) == self.batch_size]
