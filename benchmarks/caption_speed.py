@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from captionkit.data.features import FeatureStore
 from captionkit.decoding import beam_search
 from captionkit.models.captioner import build_model
 from captionkit.vocab import Vocabulary
+from timing import median_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,13 +63,7 @@ def throughput(captioner: Captioner, batches, beam: int, repeats: int) -> float:
         for feats in batches:
             beam_search(captioner.decoder, feats.to(captioner.dtype), start_id=v.start_id,
                         end_id=v.end_id, beam_size=beam, max_len=v.max_len, banned=v.banned)
-    run()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return median_rate(run, n, repeats)
 
 
 def latencies(captioner: Captioner, photos: list[Path], beam: int, rounds: int) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -40,6 +39,7 @@ from captionkit.models.captioner import build_model
 from captionkit.models.encoders import build_encoder
 from captionkit.optim import build_optimizer
 from captionkit.vocab import Vocabulary
+from timing import median_rate
 
 FLICKR8K_TRAIN_CAPTIONS = 30_000
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,19 +54,8 @@ def synthetic_records(folder: Path, n: int) -> list[CaptionRecord]:
         path = folder / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 255, (375, 500, 3), np.uint8)).save(path)
         caps = tuple(" ".join(rng.choice(words, rng.integers(8, 17))) for _ in range(5))
-        recs.append(CaptionRecord(str(i), str(path), caps, "train"))
+        recs.append(CaptionRecord(image=str(path), captions=caps, split="train", image_id=str(i)))
     return recs
-
-
-def median_rate(fn, count: int, repeats: int) -> float:
-    """Median of ``count / seconds`` over ``repeats`` timed calls of ``fn`` (after a warm-up)."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        rates.append(count / (time.perf_counter() - t0))
-    return statistics.median(rates)
 
 
 def plain_loop_rate(records: list[CaptionRecord], encoder, batch_size: int) -> float:
