@@ -80,6 +80,7 @@ class TrainConfig:
     scst_baseline: str = "greedy"  # greedy | mean (of the image's other samples)
     checkpoint_every: int = 0  # also write a resume point every N steps (0 = each epoch end)
     bucket_pool: int = 0  # length-bucketed batches sorted within pools of N batches (0 = off)
+    fast_path: str = "auto"  # grouped fast step: always | never | auto (CUDA: compiled+graphs)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from captionkit.data.dataset import (
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.decoding import Hypothesis, beam_search
 from captionkit.distributed import Dist, all_sum, setup, wrap
-from captionkit.errors import CaptionKitError
+from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.fastpath import FastTrainStep, grouped_inputs, supports
 from captionkit.loop import FitResult, TrainLoop
 from captionkit.losses import caption_loss
 from captionkit.metrics import corpus_bleu_cider
@@ -76,6 +77,61 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
         if on_step is not None:
             on_step(step, n)
     return {k: v / max(n, 1) for k, v in sums.items()}, step
+
+
+def use_fast_path(cfg: Config, model: CaptionModel, device: torch.device,
+                  d: Dist | None = None) -> bool:
+    """Whether cross-entropy training runs :class:`~captionkit.fastpath.FastTrainStep`
+    (``train.fast_path``: ``always``, ``never``, or ``auto`` = on CUDA when it applies: an attention
+    RNN decoder over a frozen encoder, one process)."""
+    mode, t = cfg.train.fast_path, cfg.train
+    if mode not in ("auto", "always", "never"):
+        raise CaptionKitError(f"train.fast_path must be auto, always or never, not {mode!r}")
+    frozen = not cfg.encoder.trainable and cfg.encoder.finetune_blocks == 0
+    ok = t.stage == "xe" and supports(model.decoder) and frozen and not (d and d.active)
+    if mode == "always" and not ok:
+        raise CaptionKitError("train.fast_path=always needs cross-entropy training of an lstm/gru "
+                              "decoder over a frozen encoder in one process")
+    return ok and (mode == "always" or (mode == "auto" and device.type == "cuda"))
+
+
+def train_one_epoch_fast(model: CaptionModel, loader: DataLoader, fast: FastTrainStep,
+                         cfg: TrainConfig, device: torch.device, step: int, total_steps: int,
+                         k: int, progress: bool = True,
+                         on_step=None) -> tuple[dict[str, float], int]:
+    """:func:`train_one_epoch` through the fast step: captions grouped by image (at most ``k``
+    each), losses summed on the device and read once at the end (and every 100 steps, to stop
+    on a non-finite loss: that update is skipped on the device)."""
+    model.train()
+    fast.step_no.fill_(step)
+    acc = torch.zeros(3, device=device)  # sums of (loss, ce, finite)
+    n = 0
+    bar = tqdm(loader, desc="train", disable=not progress, leave=False)
+    for batch in bar:
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        set_lr(fast.optimizer, step, total_steps, cfg)
+        feats, tokens = grouped_inputs(batch, k, device)
+        if feats.dim() != 3:  # pixels through the frozen encoder
+            with torch.no_grad():
+                feats = model.encode(feats)  # (B, N, D)
+        acc += fast(feats, tokens)
+        step, n = step + 1, n + 1
+        if n % 100 == 0:
+            check_finite(fast)
+            bar.set_postfix(loss=f"{acc[0].item() / n:.3f}")
+        if on_step is not None:
+            on_step(step, n)
+    check_finite(fast)
+    loss, ce, _ = (acc / max(n, 1)).tolist()
+    return {"loss": loss, "ce": ce}, step
+
+
+def check_finite(fast: FastTrainStep) -> None:
+    bad = int(fast.first_bad)
+    if bad >= 0:
+        raise NonFiniteLossError(f"loss became non-finite at step {bad} (its update was "
+                                 "skipped)", bad)
 
 
 @torch.no_grad()
@@ -176,9 +232,14 @@ def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionMode
 
 
 def epoch_runner(cfg: Config, train_ds, vocab: Vocabulary, device: torch.device, total: int,
-                 progress: bool, d: Dist | None = None):
-    """``run(model, loader, optimizer, step, on_step) -> (losses, step)`` for the stage."""
+                 progress: bool, d: Dist | None = None, fast: FastTrainStep | None = None):
+    """``run(model, loader, optimizer, step, on_step) -> (losses, step)`` for the stage
+    (through ``fast`` when given)."""
     t, d = cfg.train, d or Dist()
+    if fast is not None:
+        k = max((len(cs) for cs in train_ds.captions), default=1)
+        return lambda m, loader, opt, step, on_step: train_one_epoch_fast(
+            m, loader, fast, t, device, step, total, k, progress, on_step)
     if t.stage == "xe":
         return lambda m, loader, opt, step, on_step: train_one_epoch(
             m, loader, opt, t, device, step, total, vocab.pad_id, progress, on_step, d)
@@ -218,8 +279,10 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
                                               cfg.train.bucket_pool)
     sampler.rank, sampler.world = d.rank, d.world
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.num_workers, generator=torch.Generator())
-    optimizer = build_optimizer(model, cfg.train)
+                        num_workers=cfg.data.num_workers, generator=torch.Generator(),
+                        pin_memory=device.type == "cuda")
+    fast_path = use_fast_path(cfg, model, device, d)
+    optimizer = build_optimizer(model, cfg.train, fused=fast_path)
     total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
@@ -228,7 +291,12 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
     if resume and has_resume(run_dir):
         state = load_resume(run_dir, model, optimizer, fingerprint)
         print(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.step})")
-    run = epoch_runner(cfg, train_ds, vocab, device, total, progress and d.main, d)
+    fast = None
+    if fast_path:
+        on_gpu = device.type == "cuda"
+        fast = FastTrainStep(model, optimizer, cfg.train, compile=on_gpu, graphs=on_gpu,
+                             pad_id=vocab.pad_id)
+    run = epoch_runner(cfg, train_ds, vocab, device, total, progress and d.main, d, fast)
 
     def validate() -> tuple[dict[str, float], list[str]]:
         metrics, hyps = evaluate(model, dev_ds, vocab, device, cfg.train.batch_size,

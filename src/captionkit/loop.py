@@ -119,7 +119,7 @@ class TrainLoop:
         step = self.state.step
         for k, v in losses.items():
             self.writer.add_scalar(f"train/{k}", v, step)
-        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+        self.writer.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), step)
         for k, v in metrics.items():
             self.writer.add_scalar(f"dev/{k}", v, step)
         if samples:

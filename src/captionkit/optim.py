@@ -10,15 +10,24 @@ from captionkit.errors import NonFiniteLossError
 from captionkit.schedule import lr_multiplier
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over the decoder, plus the encoder at its own learning rate when it is trainable."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """Adam over the decoder, plus the encoder at its own learning rate when it is trainable.
+    ``fused`` gives the fused, CUDA-graph-capturable Adam with learning rates held in device
+    tensors (what :class:`captionkit.fastpath.FastTrainStep` needs); the arithmetic is Adam's."""
     groups = [{"params": list(model.decoder.parameters()), "lr": cfg.lr}]
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     if enc:
         groups.append({"params": enc, "lr": cfg.encoder_lr})
     for g in groups:
         g["base_lr"] = g["lr"]
-    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    if not fused:
+        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    device = groups[0]["params"][0].device
+    for g in groups:
+        g["lr"] = torch.tensor(float(g["lr"]), device=device)
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay, fused=True,
+                            capturable=device.type == "cuda")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int,
@@ -26,7 +35,10 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int,
     """Every group's learning rate at ``step``: its base rate times the schedule's factor."""
     factor = lr_multiplier(step, total_steps, cfg.lr_schedule, cfg.warmup_steps)
     for g in optimizer.param_groups:
-        g["lr"] = g["base_lr"] * factor
+        if isinstance(g["lr"], Tensor):  # fused Adam: updated in place, no host sync
+            g["lr"].fill_(g["base_lr"] * factor)
+        else:
+            g["lr"] = g["base_lr"] * factor
 
 
 def update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, cfg: TrainConfig,

@@ -19,10 +19,11 @@ def bf16_native(device: torch.device) -> bool:
             and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
-def autocast(enabled: bool, device: torch.device):
-    """bf16 autocast where the hardware does bf16 natively; a no-op context otherwise."""
+def autocast(enabled: bool, device: torch.device, cache: bool = True):
+    """bf16 autocast where the hardware does bf16 natively; a no-op context otherwise.
+    ``cache=False`` re-casts weights at each use (required inside a captured CUDA graph)."""
     return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=enabled and bf16_native(device))
+                          enabled=enabled and bf16_native(device), cache_enabled=cache)
 
 
 def resolve(precision: str, device: torch.device) -> torch.dtype:

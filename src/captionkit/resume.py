@@ -58,6 +58,11 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _plain(groups: list[dict]) -> list[dict]:
+    """Param groups as JSON values (a fused optimizer holds its learning rate in a tensor)."""
+    return [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items()} for g in groups]
+
+
 def save_resume(run_dir: str | Path, model, optimizer, progress: Progress,
                 fingerprint: dict) -> Path:
     """Write a resume point for ``progress`` and switch ``resume.json`` to it atomically."""
@@ -69,14 +74,14 @@ def save_resume(run_dir: str | Path, model, optimizer, progress: Progress,
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               str(tmp / "model.safetensors"))
     sd = optimizer.state_dict()
-    tensors = {f"state.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+    tensors = {f"state.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous().cpu()
                for i, st in sd["state"].items() for k, v in st.items()}
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = {"progress": asdict(progress), "param_groups": sd["param_groups"],
+    state = {"progress": asdict(progress), "param_groups": _plain(sd["param_groups"]),
              "python_rng": random.getstate(), "fingerprint": fingerprint}
     (tmp / "state.json").write_text(json.dumps(state))
     for f in tmp.iterdir():
