@@ -63,27 +63,37 @@ class Captioner:
         model, cfg, vocab, meta = load_checkpoint(path, device)
         return cls(model, cfg, vocab, meta, device, precision=precision)
 
-    @torch.no_grad()
     def caption_batch(self, images: list, beam_size: int = 1, max_len: int | None = None,
                       length_penalty: float = 0.0,
                       no_repeat_ngram: int = 0) -> list[CaptionResult]:
         """Caption several images (paths or PIL images) in one batch; each result carries the
         ``beam_size`` best captions with their scores as ``alternatives``."""
         pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        x = torch.stack([self.preprocess(im.convert("RGB")) for im in pils]).to(self.device)
-        feats = self.encode(x).to(self.dtype)  # (B, N, D)
+        x = torch.stack([self.preprocess(im.convert("RGB")) for im in pils])  # (B, 3, S, S)
+        results = self.caption_pixels(x, beam_size, max_len, length_penalty, no_repeat_ngram)
+        for res, im in zip(results, pils, strict=True):
+            res.image = im
+        return results
+
+    @torch.no_grad()
+    def caption_pixels(self, x: torch.Tensor, beam_size: int = 1, max_len: int | None = None,
+                       length_penalty: float = 0.0,
+                       no_repeat_ngram: int = 0) -> list[CaptionResult]:
+        """Caption already preprocessed images x (B, 3, S, S) (``self.preprocess`` output), as
+        the server does after decoding each upload on its own thread."""
+        feats = self.encode(x.to(self.device)).to(self.dtype)  # (B, N, D)
         hyps = beam_search(self.decoder, feats, start_id=self.vocab.start_id,
                            end_id=self.vocab.end_id, beam_size=beam_size,
                            max_len=max_len or self.vocab.max_len, length_penalty=length_penalty,
                            no_repeat_ngram=no_repeat_ngram, banned=self.vocab.banned)
-        results = []
-        for im, beams in zip(pils, hyps, strict=True):
-            best = beams[0]
-            words = [self.vocab.itos[t] for t in best.tokens]
-            att = best.alphas[: len(words)].float().numpy().reshape(len(words), *self.grid)
-            alts = [(self.vocab.decode(h.tokens), h.score) for h in beams]
-            results.append(CaptionResult(" ".join(words), words, best.score, att, alts, im))
-        return results
+        return [self._result(beams) for beams in hyps]
+
+    def _result(self, beams: list) -> CaptionResult:
+        best = beams[0]
+        words = [self.vocab.itos[t] for t in best.tokens]
+        att = best.alphas[: len(words)].float().numpy().reshape(len(words), *self.grid)
+        alts = [(self.vocab.decode(h.tokens), h.score) for h in beams]
+        return CaptionResult(" ".join(words), words, best.score, att, alts)
 
     def caption(self, image, beam_size: int = 1, max_len: int | None = None) -> CaptionResult:
         """Caption one image (a path or a PIL image): text plus per-word attention maps."""

@@ -100,12 +100,11 @@ def _decode_args(p: argparse.ArgumentParser, beam: int) -> None:
 
 
 def cmd_caption(args: argparse.Namespace) -> None:
-    from captionkit.api import load
     from captionkit.data.images import load_image
     from captionkit.errors import ImageLoadError
     from captionkit.viz import attention_figure
 
-    captioner = load(args.checkpoint)
+    captioner = _load_captioner(args)
     files = _expand(args.images)
     out = open(args.json, "w") if args.json else None  # noqa: SIM115
     failed = 0
@@ -137,6 +136,65 @@ def cmd_caption(args: argparse.Namespace) -> None:
         out.close()
     if failed:
         raise CaptionKitError(f"{failed} of {len(files)} image(s) could not be read")
+
+
+def _load_captioner(args: argparse.Namespace):
+    """A PyTorch captioner from a checkpoint, or an onnxruntime one from an export folder."""
+    if args.runtime == "onnx":
+        from captionkit.onnx_runtime import load_onnx
+
+        return load_onnx(args.checkpoint)
+    from captionkit.api import load
+
+    return load(args.checkpoint, precision=args.precision)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from captionkit.server import ServeConfig, create_app
+
+    cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_batch=args.max_batch,
+                      max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout)
+    app = create_app(_load_captioner(args), cfg, str(args.checkpoint))
+    print(f"captionkit: serving {args.checkpoint} at http://{args.host}:{args.port}/ "
+          f"(API reference at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=5,
+                log_level="warning", access_log=False)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from captionkit.export import export_onnx
+
+    out = export_onnx(args.checkpoint, args.out, opset=args.opset)
+    print(f"wrote {out}: encoder.onnx, decoder_init.onnx, decoder_step.onnx "
+          f"(caption with: captionkit caption --runtime onnx --checkpoint {out} IMAGES)")
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="PyTorch checkpoint, or an ONNX export folder run by onnxruntime")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                   help="decoder arithmetic for --runtime torch")
+
+
+def _add_serving(sub) -> None:
+    s = sub.add_parser("serve", help="web page and REST API (FastAPI) over a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=16, help="requests batched together")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch")
+    s.add_argument("--max-upload-mb", type=float, default=10.0)
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    _runtime_args(s)
+    s.set_defaults(func=cmd_serve)
+    x = sub.add_parser("export", help="export encoder and decoder step to ONNX")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--out", required=True, help="folder for the .onnx files")
+    x.add_argument("--opset", type=int, default=17)
+    x.set_defaults(func=cmd_export)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -229,6 +287,7 @@ def _add_inference(sub) -> None:
     c.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     c.add_argument("--attention-map", help="write per-word attention maps to this PNG")
     c.add_argument("--json", help="write one JSON line per image here")
+    _runtime_args(c)
     c.set_defaults(func=cmd_caption)
     e = sub.add_parser("evaluate", help="caption a dataset split and score it (COCO metrics)")
     e.add_argument("--checkpoint", help="model to caption the split with")
@@ -258,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub, encoders, decoders)
     _add_data(sub, encoders)
     _add_inference(sub)
+    _add_serving(sub)
     sub.add_parser("list-encoders", help="registered encoders").set_defaults(
         func=lambda a: cmd_list("encoders"))
     sub.add_parser("list-decoders", help="registered decoders").set_defaults(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +16,22 @@ from captionkit.errors import ImageLoadError
 MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb threshold, made explicit
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied.
+def load_image(path: str | Path | bytes, max_pixels: int = MAX_PIXELS,
+               name: str | None = None) -> Image.Image:
+    """Open an image (a path, or the bytes of a file) as RGB with its EXIF orientation applied.
 
-    Raises :class:`ImageLoadError` naming the file for anything that is not a decodable image.
+    Raises :class:`ImageLoadError` naming the file (``name`` for bytes) for anything that is
+    not a decodable image, or that has more than ``max_pixels`` pixels (checked before the
+    pixels are decoded, so a decompression bomb costs nothing).
     """
-    p = str(path)
+    is_bytes = isinstance(path, (bytes, bytearray))
+    p = name or ("upload" if is_bytes else str(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageLoadError(p, f"{im.width}x{im.height} exceeds {MAX_PIXELS} pixels")
+            with Image.open(io.BytesIO(path) if is_bytes else p) as im:
+                if im.width * im.height > max_pixels:
+                    raise ImageLoadError(p, f"{im.width}x{im.height} exceeds {max_pixels} pixels")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return _to_rgb(im)

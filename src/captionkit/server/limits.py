@@ -1,0 +1,120 @@
+"""What the server accepts: a bounded, timed request body, and uploads that really are images
+(content sniffed from the bytes, never trusted from the filename or the declared type)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from captionkit.data.images import load_image
+from captionkit.errors import ImageLoadError
+
+SIGNATURES = (  # leading bytes -> format
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP ``status`` (4xx) and a reason for the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format the bytes start with (JPEG, PNG, GIF, WebP, BMP, TIFF), else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for sig, fmt in SIGNATURES if data.startswith(sig)), None)
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int, max_side: int):
+    """Upload bytes -> RGB PIL image (EXIF orientation applied, any mode converted), or a
+    :class:`RequestError`: 400 empty, 415 not an image, 413 too large, 422 undecodable."""
+    if not data:
+        raise RequestError(400, "empty upload: the image field holds no bytes")
+    fmt = sniff(data)
+    if fmt is None:
+        raise RequestError(415, "unsupported content: not a JPEG, PNG, WebP, GIF, BMP or TIFF "
+                                f"image (starts with {data[:8]!r})")
+    try:
+        image = load_image(data, max_pixels=max_pixels, name=name)
+    except ImageLoadError as e:
+        status = 413 if "exceeds" in e.reason or "decompression bomb" in e.reason else 422
+        raise RequestError(status, f"{fmt} image could not be used: {e.reason}") from None
+    if max(image.size) > max_side:
+        raise RequestError(413, f"image is {image.width}x{image.height}; the longest side may "
+                                f"be at most {max_side} pixels")
+    return image, fmt
+
+
+class BodyLimit:
+    """ASGI wrapper: a request body larger than ``max_bytes`` gets 413 (refused from its
+    Content-Length when declared, else as soon as it grows past the limit), one that takes
+    longer than ``timeout_s`` to arrive gets 408, so slow clients cannot hold the server."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode() or "0"
+        if not declared.isdigit():
+            await _error(send, 400, "invalid Content-Length header")
+            return
+        if int(declared) > self.max_bytes:
+            await _error(send, 413, f"request body of {declared} bytes exceeds the limit of "
+                                    f"{self.max_bytes}")
+            return
+        body = await self._read(receive, send)
+        if body is None:
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive, send) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        deadline, chunks, size = loop.time() + self.timeout_s, [], 0
+        while True:
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                await _error(send, 408, f"request body not received within {self.timeout_s:g} s")
+                return None
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _error(send, 413, f"request body exceeds the limit of {self.max_bytes} "
+                                        "bytes")
+                return None
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _error(send, status: int, reason: str) -> None:
+    body = json.dumps({"error": reason, "status": status}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
