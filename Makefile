@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/captionkit demo --out runs/demo
 
 test: $(STAMP)
+	@sh scripts/install_chromium.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 

@@ -47,3 +47,19 @@ def trained_checkpoint(tmp_path_factory, shapes_root) -> Path:
         f"train.out_dir={out}", "train.eval_max_len=8",
     ])
     return fit(cfg, progress=False).best_checkpoint
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(shapes_root, tmp_path_factory) -> Path:
+    """An untrained tiny model: its captions are nonsense but never empty."""
+    from captionkit.checkpoint import save_checkpoint
+    from captionkit.data import load_records
+    from captionkit.models.captioner import build_model
+    from captionkit.vocab import Vocabulary
+
+    torch.manual_seed(0)
+    cfg = Config().override([f"data.root={shapes_root}", "decoder.embed_dim=16",
+                             "decoder.hidden_dim=32", "decoder.attention_dim=16"])
+    vocab = Vocabulary.build(c for r in load_records(cfg.data) for c in r.captions)
+    path = tmp_path_factory.mktemp("serve") / "ckpt"
+    return save_checkpoint(path, build_model(cfg, len(vocab)), cfg, vocab)

@@ -85,3 +85,25 @@ def test_download_help_lists_datasets(capsys):
         main(["download", "--help"])
     out = capsys.readouterr().out
     assert "flickr8k" in out and "coco2014" in out
+
+
+def test_export_then_caption_with_onnxruntime(random_checkpoint, shapes_root, tmp_path, capsys):
+    img = str(next(shapes_root.rglob("*.png")))
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(random_checkpoint), "--format", "onnx",
+                 "--out", str(out)]) == 0
+    assert (out / "decoder_step.onnx").is_file()
+    capsys.readouterr()
+    assert main(["caption", img, "--checkpoint", str(random_checkpoint), "--precision",
+                 "fp32"]) == 0
+    torch_line = capsys.readouterr().out.strip()
+    assert main(["caption", img, "--runtime", "onnx", "--checkpoint", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == torch_line
+    assert main(["caption", img, "--runtime", "onnx", "--checkpoint", str(tmp_path)]) == 2
+
+
+def test_serve_binds_to_loopback_by_default():
+    from captionkit.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--checkpoint", "x"])
+    assert args.host == "127.0.0.1" and args.runtime == "torch"

@@ -5,41 +5,24 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from captionkit.api import load
-from captionkit.checkpoint import save_checkpoint
-from captionkit.config import Config
-from captionkit.data import load_records
-from captionkit.models.captioner import build_model
 from captionkit.server import ServeConfig, create_app
 from captionkit.server.limits import BodyLimit, sniff
-from captionkit.vocab import Vocabulary
 
 
 @pytest.fixture(scope="module")
-def checkpoint(shapes_root, tmp_path_factory):
-    """An untrained tiny model: its captions are nonsense but never empty."""
-    torch.manual_seed(0)
-    cfg = Config().override([f"data.root={shapes_root}", "decoder.embed_dim=16",
-                             "decoder.hidden_dim=32", "decoder.attention_dim=16"])
-    vocab = Vocabulary.build(c for r in load_records(cfg.data) for c in r.captions)
-    path = tmp_path_factory.mktemp("serve") / "ckpt"
-    return save_checkpoint(path, build_model(cfg, len(vocab)), cfg, vocab)
+def captioner(random_checkpoint):
+    return load(random_checkpoint, precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def captioner(checkpoint):
-    return load(checkpoint, precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def client(captioner, checkpoint):
+def client(captioner, random_checkpoint):
     cfg = ServeConfig(max_upload_bytes=200_000, max_pixels=4_000_000, max_side=5_000,
                       max_wait_ms=200, max_batch=8)
-    with TestClient(create_app(captioner, cfg, str(checkpoint))) as c:
+    with TestClient(create_app(captioner, cfg, str(random_checkpoint))) as c:
         yield c
 
 
