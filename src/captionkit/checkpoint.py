@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from captionkit.config import Config
@@ -62,7 +63,10 @@ def load_checkpoint(path: str | Path,
     except (ConfigError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: inconsistent config or vocabulary ({e})") from None
     model = build_model(cfg, len(vocab), pretrained=False)
-    state = load_file(str(Path(path) / WEIGHTS), device=device)
+    try:
+        state = load_file(str(Path(path) / WEIGHTS), device=device)
+    except (SafetensorError, OSError) as e:  # truncated or corrupted by a crash
+        raise CheckpointError(f"{Path(path) / WEIGHTS}: unreadable weights ({e})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from captionkit.errors import CaptionKitError
@@ -111,7 +112,7 @@ def load_resume(run_dir: str | Path, model, optimizer, fingerprint: dict) -> Pro
         state = json.loads((folder / "state.json").read_text())
         weights = load_file(str(folder / "model.safetensors"))
         tensors = load_file(str(folder / "optimizer.safetensors"))
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, SafetensorError) as e:
         raise CaptionKitError(f"{run_dir}: unreadable resume point ({e})") from None
     saved = state["fingerprint"]
     diff = [f"{k}: run started with {saved.get(k)!r}, now {v!r}"

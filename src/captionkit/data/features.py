@@ -174,10 +174,18 @@ def extract_features(records: list[CaptionRecord], encoder, out: str | Path,
 
 
 def _read_failed(path: Path) -> dict[str, dict]:
+    """The unreadable images logged so far. A line cut short by a kill is ignored: its image
+    was not marked done, so it is simply tried again."""
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["image_id"]: r for r in rows}
+    rows = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            rows[row["image_id"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return rows
 
 
 def _finish(out: Path, key: dict, ids: list[str], shape, failed: dict) -> FeatureStore:
@@ -200,8 +208,12 @@ class FeatureStore:
         if not index_path.is_file():
             raise CaptionKitError(f"{self.path}: no complete feature cache here (no {INDEX}); "
                                   "run `captionkit extract-features` (it resumes)")
-        index = json.loads(index_path.read_text())
-        if not index.get("complete"):
+        try:
+            index = json.loads(index_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CaptionKitError(f"{index_path}: unreadable cache index ({e}); rebuild the "
+                                  "cache") from None
+        if not isinstance(index, dict) or not index.get("complete"):
             raise CaptionKitError(f"{self.path}: feature cache is incomplete")
         if expected_key is not None and (diff := _key_diff(expected_key, index["key"])):
             raise CaptionKitError(f"{self.path}: feature cache was built differently: "

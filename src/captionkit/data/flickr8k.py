@@ -67,11 +67,19 @@ def read_flickr8k(root: str | Path) -> list[CaptionRecord]:
 def _read_tokens(path: Path) -> dict[str, list[str]]:
     """Parse ``name.jpg#n<TAB>caption`` lines into captions per image, in file order."""
     captions: dict[str, list[str]] = {}
+    seen: dict[str, int] = {}  # caption id -> line
     for lineno, line in _lines(path):
+        if "\x00" in line:
+            raise DatasetError("NUL byte in the line (a binary or corrupted file?)", str(path),
+                               lineno)
         key, tab, caption = line.partition("\t")
         match = _TOKEN_KEY.match(key.strip())
         if not tab or match is None:
             raise DatasetError("expected '<image>.jpg#<n><TAB><caption>'", str(path), lineno)
+        if key.strip() in seen:
+            raise DatasetError(f"duplicate caption id {key.strip()} (first on line "
+                               f"{seen[key.strip()]})", str(path), lineno)
+        seen[key.strip()] = lineno
         caption = caption.strip()
         if not caption:
             raise DatasetError(f"empty caption for {key.strip()}", str(path), lineno)
