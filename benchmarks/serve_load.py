@@ -108,6 +108,77 @@ async def run_load(url: str, images: list[bytes], requests: int, concurrency: in
             "peak_rss_mib": peak[0]}
 
 
+async def slow_client(port: int, hold_s: float) -> str:
+    """Declare a 100 kB body and trickle it a byte a second: the server must answer 408 (or
+    close) by its upload time limit, not wait for us."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
+                 b" boundary=b\r\nContent-Length: 100000\r\n\r\n")
+    try:
+        while time.perf_counter() - t0 < hold_s:
+            writer.write(b"x")
+            await writer.drain()
+            try:
+                line = await asyncio.wait_for(reader.readline(), 1.0)
+            except asyncio.TimeoutError:
+                continue
+            return f"{line.split()[1].decode() if line else 'closed'}"
+    except ConnectionError:
+        return "closed"
+    finally:
+        writer.close()
+    return "held"
+
+
+async def oversized(port: int, size: int, chunked: bool) -> str:
+    """A body over the limit, declared (Content-Length) or streamed (chunked): 413 expected.
+    The answer is read while the body is still being sent (the server may close early)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\n")
+    head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else \
+        f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n".encode()
+    answer = asyncio.create_task(reader.readline())
+    if not chunked:  # a polite client waits for 100 Continue (or the refusal) first
+        writer.write(head)
+        await asyncio.wait({answer}, timeout=2)
+        head = b""
+    chunk = b"x" * 65536
+    try:
+        writer.write(head)
+        for _ in range(size // len(chunk)):
+            if answer.done():
+                break
+            writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n" if chunked else chunk)
+            await writer.drain()
+    except ConnectionError:
+        pass  # the server stopped reading: its answer is what counts
+    try:
+        line = await asyncio.wait_for(answer, 30)
+        return line.split()[1].decode() if line else "closed"
+    except ConnectionError:
+        return "reset"  # refused mid-upload: the server closed with our bytes unread
+    except asyncio.TimeoutError:
+        return "no answer"
+    finally:
+        writer.close()
+
+
+async def with_abuse(load, port: int, slow: int, big: int, hold_s: float):
+    """Run the load while ``slow`` slow clients and ``big`` oversized uploads hit the server."""
+    tasks = [slow_client(port, hold_s) for _ in range(slow)]
+    tasks += [oversized(port, 50 * 2**20, chunked=i % 2 == 1) for i in range(big)]
+    result, *abuse = await asyncio.gather(load, *tasks)
+    counts: dict[str, int] = {}
+    for a in abuse[:slow]:
+        counts[f"slow:{a}"] = counts.get(f"slow:{a}", 0) + 1
+    for a in abuse[slow:]:
+        counts[f"oversized:{a}"] = counts.get(f"oversized:{a}", 0) + 1
+    result["abuse"] = counts
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -118,6 +189,10 @@ def main() -> None:
     ap.add_argument("--sweep", default="1,4", help="shorter rounds at these concurrencies")
     ap.add_argument("--sweep-requests", type=int, default=100)
     ap.add_argument("--server-args", default="", help="extra `captionkit serve` arguments")
+    ap.add_argument("--slow-clients", type=int, default=0,
+                    help="during the main round: clients trickling a body a byte a second")
+    ap.add_argument("--oversized", type=int, default=0,
+                    help="during the main round: 50 MB uploads (declared and chunked)")
     args = ap.parse_args()
     images = load_images(args.images)
     with socket.socket() as s:
@@ -131,7 +206,10 @@ def main() -> None:
         rounds = [(int(c), args.sweep_requests) for c in args.sweep.split(",") if c]
         rounds.append((args.concurrency, args.requests))
         results = [asyncio.run(run_load(url, images, n, c, args.beam, proc.pid))
-                   for c, n in rounds]
+                   for c, n in rounds[:-1]]
+        main_load = run_load(url, images, args.requests, args.concurrency, args.beam, proc.pid)
+        results.append(asyncio.run(with_abuse(main_load, port, args.slow_clients,
+                                              args.oversized, 120.0)))
         batches = httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["batches_run"]
         hwm = rss_mib(proc.pid, "VmHWM")
     finally:
@@ -148,6 +226,11 @@ def main() -> None:
               f"{r['p90']:>8.0f} {r['p99']:>8.0f} {r['errors']:>6} {r['peak_rss_mib']:>13.0f}  "
               f"{r['codes']}")
     main_round = results[-1]
+    if main_round["abuse"]:
+        print(f"abuse during the main round: {main_round['abuse']}")
+    server_errors = sum(n for c, n in main_round["codes"].items()
+                        if not isinstance(c, int) or c >= 500)
+    print(f"server_errors={server_errors} peak_rss_mib={main_round['peak_rss_mib']:.0f}")
     print(f"requests={main_round['requests']} errors={main_round['errors']} "
           f"p99_ms={main_round['p99']:.0f}")
 

@@ -155,7 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from captionkit.server import ServeConfig, create_app
 
     cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout)
+                      max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout,
+                      answer_timeout_s=args.answer_timeout)
     app = create_app(_load_captioner(args), cfg, str(args.checkpoint))
     print(f"captionkit: serving {args.checkpoint} at http://{args.host}:{args.port}/ "
           f"(API reference at /docs)", flush=True)
@@ -186,7 +187,10 @@ def _add_serving(sub) -> None:
     s.add_argument("--max-batch", type=int, default=16, help="requests batched together")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch")
     s.add_argument("--max-upload-mb", type=float, default=10.0)
-    s.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds for a request body to arrive (slow clients get 408)")
+    s.add_argument("--answer-timeout", type=float, default=60.0,
+                   help="seconds for the model to answer (else 503)")
     _runtime_args(s)
     s.set_defaults(func=cmd_serve)
     x = sub.add_parser("export", help="export encoder and decoder step to ONNX")

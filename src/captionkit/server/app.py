@@ -29,7 +29,8 @@ class ServeConfig:
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 50_000_000  # refused before decoding (decompression bombs)
     max_side: int = 20_000
-    request_timeout_s: float = 30.0  # body upload, and separately queue + model
+    request_timeout_s: float = 30.0  # the whole request body must arrive within this
+    answer_timeout_s: float = 60.0  # queue + model; past it the request gets 503
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 256
@@ -93,7 +94,7 @@ def _add_api(app: FastAPI, captioner, cfg: ServeConfig, batcher: MicroBatcher,
         t1 = time.perf_counter()
         try:
             res = await asyncio.wait_for(batcher.submit((beam, max_len), x),
-                                         cfg.request_timeout_s)
+                                         cfg.answer_timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(503, "the model did not answer in time; retry") from None
         t2 = time.perf_counter()
