@@ -18,7 +18,6 @@ is exported as a dynamic axis, like the batch axis of every input and output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from captionkit.checkpoint import load_checkpoint
+from captionkit.data.features import file_sha256
 from captionkit.vocab import Vocabulary
 
 MANIFEST = "captionkit_onnx.json"
@@ -59,15 +59,6 @@ class _StepGraph(nn.Module):
     def forward(self, feats: Tensor, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         logits, new, alpha = self.decoder.step(feats, tuple(state), token)  # (B, V), (B, N)
         return (logits, *new, alpha)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _growing_axes(decoder: nn.Module, feats: Tensor, token: Tensor) -> tuple[list[list[int]],

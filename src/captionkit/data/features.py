@@ -67,7 +67,8 @@ def _collate(items):
             [r for _, _, r in items])
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 4 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -192,7 +193,7 @@ def _finish(out: Path, key: dict, ids: list[str], shape, failed: dict) -> Featur
     (out / "failed.txt").write_text("".join(f"{r['path']}\t{r['reason']}\n"
                                             for r in failed.values()))
     index = {"complete": True, "key": key, "shape": list(shape), "image_ids": ids,
-             "failed": sorted(failed), "sha256": _file_sha256(out / FEATURES)}
+             "failed": sorted(failed), "sha256": file_sha256(out / FEATURES)}
     _write_json(out / INDEX, index)
     (out / "partial.json").unlink(missing_ok=True)
     return FeatureStore(out, key)
@@ -223,7 +224,7 @@ class FeatureStore:
         if size != int(np.prod(shape)) * 2:
             raise CaptionKitError(f"{self.path}: feature file is {size} bytes, expected "
                                   f"{int(np.prod(shape)) * 2}; rebuild the cache")
-        if verify and _file_sha256(self.path / FEATURES) != index["sha256"]:
+        if verify and file_sha256(self.path / FEATURES) != index["sha256"]:
             raise CaptionKitError(f"{self.path}: feature file checksum mismatch; rebuild the cache")
         self.key, self.shape = index["key"], shape
         self.failed = set(index["failed"])
