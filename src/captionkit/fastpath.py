@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captionkit.config import TrainConfig
+from captionkit.precision import autocast
 
 
 def group_captions(tokens: Tensor, image_index: Tensor, num_images: int, k: int | None = None,
@@ -196,8 +197,6 @@ class FastTrainStep:
         self.step_no = torch.zeros((), dtype=torch.long, device=self.device)
 
     def _update(self, feats: Tensor, tokens: Tensor) -> Tensor:
-        from captionkit.precision import autocast
-
         with autocast(self.cfg.amp, self.device, cache=not self.graphs):
             loss, ce = grouped_loss(self.decoder, feats, tokens, self.cfg.alpha_c, self.pad_id,
                                     step=self.step_fn)
