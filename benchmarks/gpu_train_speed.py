@@ -14,9 +14,12 @@ Rows, for each batch size (same batches for every row):
   reference bf16   the same under bf16 autocast (captionkit's path before this benchmark)
   fast eager       captionkit.fastpath.FastTrainStep: grouped by image, hoisted projections
   fast compiled    + torch.compile of the per-time-step function
-  fast graphed     + the whole update captured as a CUDA graph (what ``captionkit train``
-                   runs on CUDA: train.fast_path=auto)
-and a last "best" row: the graphed step at ``--best`` captions with length-bucketed batches.
+  fast graphed     + the whole update captured as a CUDA graph
+  fast score-kernel  + the attention score forward and backward as Triton kernels
+  fast kernel      + the attention context (alpha @ feats) forward and backward as Triton
+                   kernels too (captionkit.attention_kernel): what ``captionkit train`` runs
+                   on CUDA (train.fast_path=auto)
+and a last "best" row: the kernel step at ``--best`` captions with length-bucketed batches.
 
 FLOP count (stated, not measured): multiply-adds x 2 for the matrix products, per real
 (non-pad) caption step: h -> attention query (H*A), gate (H), recurrent term (H*4H); context ->
@@ -134,11 +137,12 @@ def reference_runner(s: Sizes, device: torch.device, amp: bool):
 
 
 def fast_runner(s: Sizes, device: torch.device, compile: bool, graphs: bool,
-                mode: str | None = None):
+                mode: str | None = None, kernel: bool = False, context: bool = True):
     model = make_model(s, device)
     cfg = TrainConfig(lr=4e-4, grad_clip=5.0, amp=True)
     step = FastTrainStep(model, build_optimizer(model, cfg, fused=True), cfg, compile=compile,
-                         graphs=graphs, compile_mode=mode)
+                         graphs=graphs, compile_mode=mode, kernel=kernel,
+                         kernel_context=context)
     return lambda b: step(b["feats"], b["grouped"])
 
 
@@ -189,13 +193,13 @@ def beam_rate(s: Sizes, device: torch.device, images: int, batch: int) -> float:
     return images / (time.perf_counter() - t0)
 
 
-def profile(s: Sizes, device: torch.device, captions: int) -> None:
+def profile(s: Sizes, device: torch.device, captions: int, kernel: bool) -> None:
     """Where the compiled (not graphed) step's GPU time goes: the top kernels."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     batches = make_batches(s, captions, 2, seed=1, bucket=True, device=device)
-    run = fast_runner(s, device, True, False)
+    run = fast_runner(s, device, True, False, kernel=kernel)
     for b in batches:
         run(b)
     sync(device)
@@ -212,7 +216,8 @@ def main() -> None:
     ap.add_argument("--best", type=int, default=5120, help="captions per batch, best row")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--variants", default="ref32,ref16,eager,compiled,graphed")
+    ap.add_argument("--variants", default="ref32,ref16,eager,compiled,graphed,score,kernel")
+    ap.add_argument("--best-variant", default="kernel", help="variant(s) of the best row")
     ap.add_argument("--beam-images", type=int, default=5000)
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -234,11 +239,15 @@ def main() -> None:
         "compiled": ("fast compiled", lambda: fast_runner(s, device, on_gpu, False)),
         "graphed": ("fast graphed", lambda: fast_runner(s, device, on_gpu, on_gpu,
                                                         args.compile_mode)),
+        "score": ("fast score-kernel", lambda: fast_runner(
+            s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, context=False)),
+        "kernel": ("fast kernel", lambda: fast_runner(s, device, on_gpu, on_gpu,
+                                                      args.compile_mode, kernel=on_gpu)),
     }
     rows = []
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     plan = [(c, v, False) for c in sizes for v in args.variants.split(",")]
-    plan += [(args.best, "graphed", True)] if args.best else []
+    plan += [(args.best, v, True) for v in args.best_variant.split(",")] if args.best else []
     for captions, variant, bucket in plan:
         batches = make_batches(s, captions, 4, seed=captions, bucket=bucket, device=device)
         label, make = runners[variant]
@@ -251,7 +260,8 @@ def main() -> None:
         n = statistics.mean(b["captions"] for b in batches)
         tok = statistics.mean(b["steps"] for b in batches)
         fl = statistics.mean(flops(s, b) for b in batches)
-        label += f" {args.compile_mode}" if variant == "graphed" and args.compile_mode else ""
+        label += f" {args.compile_mode}" if variant in ("graphed", "score", "kernel") and args.compile_mode \
+            else ""
         rows.append({"batch": captions, "variant": label + (" bucketed" if bucket else ""),
                      "captions_per_s": n / sec, "tokens_per_s": tok / sec,
                      "tflops": fl / sec / 1e12, "peak_mib": peak,
@@ -261,7 +271,7 @@ def main() -> None:
         if on_gpu:
             torch.cuda.empty_cache()
     if args.profile and on_gpu:
-        profile(s, device, args.best)
+        profile(s, device, args.best, kernel="kernel" in args.best_variant)
     beam = beam_rate(s, device, args.beam_images if on_gpu else 64, 500 if on_gpu else 32)
     print(f"\n{'batch':>6} {'variant':<24} {'captions/s':>11} {'tokens/s':>11} {'TFLOP/s':>8} "
           f"{'peak MiB':>9}")

@@ -148,16 +148,17 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-@pytest.mark.parametrize("amp", [False, True])
-def test_compiled_cuda_graph_step_follows_the_eager_step(amp):
+@pytest.mark.parametrize("amp,kernel", [(False, False), (True, False), (True, True)])
+def test_compiled_cuda_graph_step_follows_the_eager_step(amp, kernel):
     """Captured per batch shape (two shapes here), replayed; the warm-up before each capture
-    leaves no trace (the first update equals the eager one)."""
+    leaves no trace (the first update equals the eager one). ``kernel``: with the Triton
+    attention-score kernel inside the compiled, graphed step."""
     dev = torch.device("cuda")
     cfg = TrainConfig(lr=1e-3, grad_clip=5.0, amp=amp)
     models = [Model(make_decoder("lstm").float()).to(dev) for _ in range(2)]
     eager = FastTrainStep(models[0], build_optimizer(models[0], cfg, fused=True), cfg)
     graphed = FastTrainStep(models[1], build_optimizer(models[1], cfg, fused=True), cfg,
-                            compile=True, graphs=True)
+                            compile=True, graphs=True, kernel=kernel, kernel_min_images=1)
     tol = dict(rtol=2e-2, atol=1e-3) if amp else dict(rtol=1e-3, atol=1e-4)  # fused kernels
     for i in range(9):  # three shapes in turn: each graph must keep writing live gradients
         feats, tokens, image_index = batch(10 + i % 3)

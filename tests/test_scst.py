@@ -55,3 +55,19 @@ def test_scst_stage_needs_a_matching_init(trained_checkpoint, tiny_config):
     with pytest.raises(CaptionKitError, match="decoder.hidden_dim"):
         fit(tiny_config.override(["train.stage=scst", f"train.init={trained_checkpoint}",
                                   "decoder.hidden_dim=48"]), progress=False)
+
+
+def test_eos_rewards_penalise_a_caption_cut_off_mid_phrase():
+    refs = {"x": ["a dog runs on the beach", "a dog is running on the sand"],
+            "y": ["a man rides a red bike"], "z": ["two girls play in the park"]}
+    vocab = Vocabulary.build([c for cs in refs.values() for c in cs], min_freq=1)
+    full = vocab.encode("a dog runs on the beach")[1:]  # ... <end>
+    cut = vocab.encode("a dog runs on the")[1:]  # ended early: "... on the <end>"
+    rows = torch.nn.utils.rnn.pad_sequence([torch.tensor(full), torch.tensor(cut)], True)
+    plain = caption_rewards(CiderD(refs), ["x", "x"], rows, vocab)
+    scorer = CiderD({k: [c + " <eos>" for c in cs] for k, cs in refs.items()})
+    eos = caption_rewards(scorer, ["x", "x"], rows, vocab, eos=True)
+    assert eos[1] / eos[0] < plain[1] / plain[0]  # the cut-off ending now costs more
+    no_end = rows.clone()
+    no_end[no_end == vocab.end_id] = 0  # ran out of length: no end word to score
+    assert caption_rewards(scorer, ["x", "x"], no_end, vocab, eos=True)[0] < eos[0]

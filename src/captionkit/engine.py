@@ -26,7 +26,7 @@ from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.decoding import Hypothesis, beam_search
 from captionkit.distributed import Dist, all_sum, setup, wrap
 from captionkit.errors import CaptionKitError, NonFiniteLossError
-from captionkit.fastpath import FastTrainStep, grouped_inputs, supports
+from captionkit.fastpath import FastTrainStep, grouped_inputs, kernel_available, supports
 from captionkit.loop import FitResult, TrainLoop
 from captionkit.losses import caption_loss
 from captionkit.metrics import corpus_bleu_cider
@@ -247,7 +247,7 @@ def epoch_runner(cfg: Config, train_ds, vocab: Vocabulary, device: torch.device,
         if d.active:
             raise CaptionKitError("SCST under torchrun is not supported yet; run it in one "
                                   "process")
-        cider = reward_scorer(train_ds)
+        cider = reward_scorer(train_ds, t.scst_eos)
         return lambda m, loader, opt, step, on_step: train_scst_epoch(
             m, loader, opt, cider, vocab, t, device, step, total, progress, on_step)
     raise CaptionKitError(f"unknown train.stage {t.stage!r}; choose xe or scst")
@@ -295,7 +295,7 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
     if fast_path:
         on_gpu = device.type == "cuda"
         fast = FastTrainStep(model, optimizer, cfg.train, compile=on_gpu, graphs=on_gpu,
-                             pad_id=vocab.pad_id)
+                             pad_id=vocab.pad_id, kernel=kernel_available(device))
     run = epoch_runner(cfg, train_ds, vocab, device, total, progress and d.main, d, fast)
 
     def validate() -> tuple[dict[str, float], list[str]]:

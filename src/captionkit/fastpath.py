@@ -24,6 +24,8 @@ A non-finite loss never reaches the weights: the update is skipped on the device
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -62,22 +64,38 @@ def grouped_inputs(batch, k: int, device: torch.device,
             tokens.to(device, non_blocking=True))  # (B, N, D) or (B, 3, H, W); (B, k, T)
 
 
+def additive_score(keys: Tensor, q: Tensor, w: Tensor) -> Tensor:
+    """``sum_a w[a] tanh(keys[b,n,a] + q[b,k,a])``: keys (B, N, A), q (B, K, A) -> (B, K, N).
+    :func:`captionkit.attention_kernel.additive_score` is the same as one Triton kernel."""
+    return (torch.tanh(keys.unsqueeze(1) + q.unsqueeze(2)) * w).sum(-1)  # (B, K, N)
+
+
+def attention_context(alpha: Tensor, feats: Tensor) -> Tensor:
+    """Each caption's context: alpha (B, K, N) @ feats (B, N, D) -> (B, K, D) in feats' dtype.
+    :func:`captionkit.attention_kernel.attention_context` is the same as a Triton kernel."""
+    return torch.bmm(alpha.to(feats.dtype), feats)  # (B, K, D)
+
+
 def _attend(feats: Tensor, keys: Tensor, q: Tensor, gate: Tensor, w_score: Tensor,
-            b_score: Tensor) -> tuple[Tensor, Tensor]:
+            b_score: Tensor, score=additive_score,
+            context=attention_context) -> tuple[Tensor, Tensor]:
     """Gated context (B, K, D) and weights (B, K, N) for queries q (B, K, A) over one image's
     keys (B, N, A) and features (B, N, D)."""
-    e = (torch.tanh(keys.unsqueeze(1) + q.unsqueeze(2)) * w_score).sum(-1) + b_score  # (B,K,N)
+    e = score(keys, q, w_score) + b_score  # (B, K, N)
     alpha = torch.softmax(e, dim=-1)  # (B, K, N); fp32 under autocast
-    ctx = torch.bmm(alpha.to(feats.dtype), feats)  # (B, K, N) @ (B, N, D) -> (B, K, D)
+    ctx = context(alpha, feats)  # (B, K, D)
     return ctx * torch.sigmoid(gate), alpha
 
 
-def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score):
+def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, score=additive_score,
+              context=attention_context):
     """One LSTM step for all captions: xe (B, K, 4H) is the embedding's input term (with the
-    input bias); returns h, c (B, K, H), the gated context (B, K, D) and alpha (B, K, N)."""
+    input bias); returns h, c (B, K, H), the gated context (B, K, D) and alpha (B, K, N).
+    ``score`` and ``context`` compute the attention (:func:`additive_score`,
+    :func:`attention_context` or their Triton kernels)."""
     a, hid = keys.size(-1), h.size(-1)
     q, gate, hh = F.linear(h, w_h, b_h).split([a, 1, 4 * hid], dim=-1)  # (B, K, A+1+4H)
-    ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score)
+    ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, score, context)
     gates = (xe + F.linear(ctx, w_c) + hh).to(c.dtype)  # (B, K, 4H)
     i, f, g, o = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -85,11 +103,12 @@ def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score):
     return h, c, ctx, alpha
 
 
-def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score):
+def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, score=additive_score,
+             context=attention_context):
     """One GRU step (same arguments as :func:`lstm_step`; ``c`` passes through)."""
     a, hid = keys.size(-1), h.size(-1)
     q, gate, hh = F.linear(h, w_h, b_h).split([a, 1, 3 * hid], dim=-1)  # (B, K, A+1+3H)
-    ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score)
+    ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, score, context)
     xr, xz, xn = (xe + F.linear(ctx, w_c)).to(h.dtype).chunk(3, dim=-1)  # (B, K, H) each
     hr, hz, hn = hh.to(h.dtype).chunk(3, dim=-1)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
@@ -161,6 +180,26 @@ def grouped_loss(decoder: nn.Module, feats: Tensor, tokens: Tensor, alpha_c: flo
     return ce + alpha_c * penalty, ce
 
 
+def kernel_available(device: torch.device) -> bool:
+    """Whether the Triton attention kernel can run on ``device`` (CUDA with Triton)."""
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+
+
+def _with_kernels(step, min_images: int, use_context: bool = True):
+    """``step`` with the Triton attention kernels for batches of at least ``min_images``
+    images; the context kernel only for half-precision features (fp32 would run its products
+    in TF32). Shapes and dtypes are static under torch.compile: one choice per compiled shape."""
+    from captionkit import attention_kernel as kernels  # imports Triton
+
+    def fused_step(*args):
+        if args[1].size(0) < min_images:
+            return step(*args)
+        half = use_context and args[0].dtype in (torch.bfloat16, torch.float16)
+        return step(*args, score=kernels.additive_score,
+                    context=kernels.attention_context if half else attention_context)
+    return fused_step
+
+
 def supports(decoder: nn.Module) -> bool:
     """Whether the fast step can train ``decoder`` (the attention RNN decoders)."""
     return getattr(decoder, "cell_type", None) in STEPS
@@ -175,14 +214,22 @@ class FastTrainStep:
     graph is replayed). The optimizer must be fused Adam with a tensor learning rate
     (:func:`captionkit.optim.build_optimizer` with ``fused=True``), so a non-finite loss skips
     the update on the device. ``first_bad`` holds the first such step (-1 while none).
+    ``kernel`` computes the attention score and context (forward and backward) with the
+    Triton kernels of :mod:`captionkit.attention_kernel` (CUDA only) for batches of at least
+    ``kernel_min_images`` images; smaller ones are bound by launches, not by the score (at
+    batch 32 captions the kernel measured 8% slower on an H200, at 256 17% faster).
+    ``kernel_context=False`` keeps the context product in cuBLAS.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                  compile: bool = False, graphs: bool = False, pad_id: int = 0,
-                 compile_mode: str | None = None) -> None:
+                 compile_mode: str | None = None, kernel: bool = False,
+                 kernel_min_images: int = 16, kernel_context: bool = True) -> None:
         self.model, self.optimizer, self.cfg, self.pad_id = model, optimizer, cfg, pad_id
         self.decoder = model.decoder
         self.step_fn = STEPS[self.decoder.cell_type]
+        if kernel:
+            self.step_fn = _with_kernels(self.step_fn, kernel_min_images, kernel_context)
         if compile:
             self.step_fn = torch.compile(self.step_fn, dynamic=False, mode=compile_mode)
         self.graphs = graphs

@@ -26,15 +26,25 @@ from captionkit.vocab import Vocabulary
 BASELINES = ("greedy", "mean")
 
 
-def reward_scorer(dataset: ImageCaptionDataset) -> CiderD:
-    """CIDEr-D over the training references (PTB-tokenized), keyed by image id."""
-    return CiderD({r.image_id: [ptb.tokenize(c) for c in r.captions] for r in dataset.records})
+EOS = "<eos>"  # the end of a caption, as a word, when rewards score endings
+
+
+def reward_scorer(dataset: ImageCaptionDataset, eos: bool = False) -> CiderD:
+    """CIDEr-D over the training references (PTB-tokenized), keyed by image id. ``eos``: each
+    reference ends with an end-of-caption word, so n-grams that close a caption are scored
+    (a caption cut off mid-phrase, "... on the", earns nothing for its ending)."""
+    end = f" {EOS}" if eos else ""
+    return CiderD({r.image_id: [ptb.tokenize(c) + end for c in r.captions]
+                   for r in dataset.records})
 
 
 def caption_rewards(cider: CiderD, image_ids: list[str], tokens: Tensor,
-                    vocab: Vocabulary) -> Tensor:
-    """CIDEr-D of each row of ``tokens`` (R, T) (word ids, <end>/<pad> ignored), (R,)."""
-    texts = [ptb.tokenize(vocab.decode(row)) for row in tokens.tolist()]
+                    vocab: Vocabulary, eos: bool = False) -> Tensor:
+    """CIDEr-D of each row of ``tokens`` (R, T) (word ids, <end>/<pad> ignored), (R,).
+    ``eos`` (with a scorer built with ``eos``): rows that reached <end> end with :data:`EOS`."""
+    ended = tokens.eq(vocab.end_id).any(1).tolist() if eos else [False] * len(tokens)
+    texts = [ptb.tokenize(vocab.decode(row)) + (f" {EOS}" if e else "")
+             for row, e in zip(tokens.tolist(), ended, strict=True)]
     return torch.from_numpy(cider.scores(image_ids, texts)).float()
 
 
@@ -61,8 +71,11 @@ def baseline_rewards(model, feats: Tensor, rewards: Tensor, ids: list[str], cide
         hyps = greedy(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
                       max_len=cfg.eval_max_len, banned=vocab.banned)
     model.train()
-    texts = [ptb.tokenize(vocab.decode(h.tokens)) for h in hyps]
-    greedy_r = torch.from_numpy(cider.scores(ids[::n], texts)).float()  # (B,)
+    rows = torch.nn.utils.rnn.pad_sequence(  # (B, T): the greedy captions with their <end>
+        [torch.tensor(h.tokens + [vocab.end_id] * (h.alphas.size(0) > len(h.tokens)),
+                      dtype=torch.long) for h in hyps],
+        batch_first=True)
+    greedy_r = caption_rewards(cider, ids[::n], rows, vocab, cfg.scst_eos)  # (B,)
     return greedy_r.repeat_interleave(n)
 
 
@@ -88,7 +101,7 @@ def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                                         end_id=vocab.end_id, max_len=cfg.eval_max_len,
                                         num_samples=cfg.scst_samples,
                                         banned=vocab.banned)  # (B*n, T) each
-        rewards = caption_rewards(cider, ids, tokens, vocab)  # (B*n,)
+        rewards = caption_rewards(cider, ids, tokens, vocab, cfg.scst_eos)  # (B*n,)
         base = baseline_rewards(model, feats.detach(), rewards, ids, cider, vocab, cfg)
         loss = scst_loss(logprobs, mask, rewards, base)
         update(model, optimizer, loss, cfg, step)
