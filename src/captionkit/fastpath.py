@@ -16,7 +16,11 @@ every gradient against that reference), organised for throughput:
 - every caption runs the batch's T steps and a mask drops the steps after its end, so no shape
   depends on the data and nothing waits for the host: the step function compiles
   (``torch.compile``) and a whole update (forward, backward, clipping, Adam) is captured once
-  per batch shape as a CUDA graph and replayed.
+  per batch shape as a CUDA graph and replayed;
+- on CUDA the attention's score and context run as Triton kernels
+  (:mod:`captionkit.attention_kernel`, ``kernel=True``): compiled, the score's backward
+  recomputes ``tanh`` over (captions x regions x A) in two reductions, and the context's
+  batched product pads each image's 5 query rows to a full tile.
 
 A non-finite loss never reaches the weights: the update is skipped on the device (fused Adam's
 ``found_inf``) and the first such step is recorded for the caller to report.
