@@ -40,11 +40,11 @@ def test_rewards_decode_ids_and_score_against_the_image():
     assert r[0] > r[1] >= 0
 
 
-@pytest.mark.parametrize("eos", ["false", "true"])
-def test_scst_stage_trains_from_a_checkpoint(trained_checkpoint, tiny_config, eos):
+@pytest.mark.parametrize("eos,xe", [("false", 0.0), ("true", 0.5)])
+def test_scst_stage_trains_from_a_checkpoint(trained_checkpoint, tiny_config, eos, xe):
     cfg = tiny_config.override(["train.stage=scst", f"train.init={trained_checkpoint}",
                                 "train.scst_samples=2", "train.max_steps=2", "train.lr=1e-4",
-                                f"train.scst_eos={eos}"])
+                                f"train.scst_eos={eos}", f"train.scst_xe_weight={xe}"])
     result = fit(cfg, progress=False)
     row = result.history[0]
     assert row["step"] == 2 and {"reward", "baseline", "CIDEr-D"} <= set(row)

@@ -79,6 +79,7 @@ class TrainConfig:
     scst_samples: int = 5  # sampled captions per image
     scst_baseline: str = "greedy"  # greedy | mean (of the image's other samples)
     scst_eos: bool = False  # rewards score caption endings (an end word on refs and samples)
+    scst_xe_weight: float = 0.0  # + this x cross-entropy of the references (mixed objective)
     checkpoint_every: int = 0  # also write a resume point every N steps (0 = each epoch end)
     bucket_pool: int = 0  # length-bucketed batches sorted within pools of N batches (0 = off)
     fast_path: str = "auto"  # grouped fast step: always | never | auto (CUDA: compiled+graphs)

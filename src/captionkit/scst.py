@@ -79,6 +79,16 @@ def baseline_rewards(model, feats: Tensor, rewards: Tensor, ids: list[str], cide
     return greedy_r.repeat_interleave(n)
 
 
+def reference_ce(model, feats: Tensor, batch, vocab: Vocabulary, device: torch.device) -> Tensor:
+    """Teacher-forced cross-entropy of the batch's reference captions (per target token):
+    mixed into the SCST loss (``train.scst_xe_weight``) it keeps the policy near human
+    captions while the reward is optimised."""
+    tokens = batch.tokens.to(device)  # (C, T)
+    logits, _ = model.decoder(feats, tokens[:, :-1], batch.image_index.to(device))  # (C,T-1,V)
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                             tokens[:, 1:].flatten(), ignore_index=vocab.pad_id)
+
+
 def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      cider: CiderD, vocab: Vocabulary, cfg: TrainConfig,
                      device: torch.device, step: int, total_steps: int,
@@ -104,6 +114,8 @@ def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer
         rewards = caption_rewards(cider, ids, tokens, vocab, cfg.scst_eos)  # (B*n,)
         base = baseline_rewards(model, feats.detach(), rewards, ids, cider, vocab, cfg)
         loss = scst_loss(logprobs, mask, rewards, base)
+        if cfg.scst_xe_weight > 0:
+            loss = loss + cfg.scst_xe_weight * reference_ce(model, feats, batch, vocab, device)
         update(model, optimizer, loss, cfg, step)
         step += 1
         batches += 1
