@@ -18,6 +18,7 @@ from captionkit.config import TrainConfig
 from captionkit.data.dataset import ImageCaptionDataset
 from captionkit.decoding import greedy, sample
 from captionkit.errors import CaptionKitError
+from captionkit.losses import caption_loss
 from captionkit.metrics import ptb
 from captionkit.metrics.cider import CiderD
 from captionkit.optim import set_lr, update
@@ -84,9 +85,9 @@ def reference_ce(model, feats: Tensor, batch, vocab: Vocabulary, device: torch.d
     mixed into the SCST loss (``train.scst_xe_weight``) it keeps the policy near human
     captions while the reward is optimised."""
     tokens = batch.tokens.to(device)  # (C, T)
-    logits, _ = model.decoder(feats, tokens[:, :-1], batch.image_index.to(device))  # (C,T-1,V)
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
-                                             tokens[:, 1:].flatten(), ignore_index=vocab.pad_id)
+    logits, alphas = model.decoder(feats, tokens[:, :-1],
+                                   batch.image_index.to(device))  # (C, T-1, V), (C, T-1, N)
+    return caption_loss(logits.float(), alphas.float(), tokens[:, 1:], vocab.pad_id, 0.0)[1]
 
 
 def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer,
