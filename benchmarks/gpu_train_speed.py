@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--compile-mode", help="torch.compile mode of the graphed step, e.g. "
                     "max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true", help="CUDA kernel table, compiled step")
+    ap.add_argument("--profile-at", help="captions per batch of the profiles (default: --best)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.config.recompile_limit = 64  # one compiled step per batch shape and variant
@@ -271,7 +272,9 @@ def main() -> None:
         if on_gpu:
             torch.cuda.empty_cache()
     if args.profile and on_gpu:
-        profile(s, device, args.best, kernel="kernel" in args.best_variant)
+        for captions in (args.profile_at or str(args.best)).split(","):
+            print(f"profile, {captions} captions a batch:")
+            profile(s, device, int(captions), kernel="kernel" in args.best_variant)
     beam = beam_rate(s, device, args.beam_images if on_gpu else 64, 500 if on_gpu else 32)
     print(f"\n{'batch':>6} {'variant':<24} {'captions/s':>11} {'tokens/s':>11} {'TFLOP/s':>8} "
           f"{'peak MiB':>9}")

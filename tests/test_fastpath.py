@@ -6,7 +6,7 @@ import torch
 from captionkit.config import DecoderConfig, TrainConfig
 from captionkit.engine import check_finite, fit, use_fast_path
 from captionkit.errors import CaptionKitError, NonFiniteLossError
-from captionkit.fastpath import FastTrainStep, group_captions, grouped_loss
+from captionkit.fastpath import FastTrainStep, group_captions, grouped_loss, vocab_loss
 from captionkit.losses import caption_loss
 from captionkit.models.decoders import build_decoder
 from captionkit.optim import build_optimizer, update
@@ -73,6 +73,23 @@ def test_grouped_loss_and_gradients_equal_the_reference(name, alpha_c):
     torch.testing.assert_close(ce, ref_ce, rtol=1e-10, atol=1e-12)
     for (pname, _), g, r in zip(dec.named_parameters(), grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10, msg=pname)
+
+
+def test_compiled_vocab_loss_equals_the_eager_one_for_every_length():
+    """The compiled vocabulary head (what the GPU step runs) gives the eager value and
+    gradients, also after the caption length changes (recompiled with a dynamic length)."""
+    torch.manual_seed(0)
+    w, b = torch.randn(V, 8, requires_grad=True), torch.randn(V, requires_grad=True)
+    head = torch.compile(vocab_loss)
+    for t in (5, 7, 9):
+        x = torch.randn(t, 3, 4, 8, requires_grad=True)
+        targets = torch.randint(0, V, (t, 3, 4))
+        targets[-1, 0] = 0  # padding is ignored
+        got, want = head(x, w, b, targets), vocab_loss(x, w, b, targets)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        for g, r in zip(torch.autograd.grad(got, (x, w, b)), torch.autograd.grad(want, (x, w, b)),
+                        strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
 
 
 def test_fast_step_update_equals_the_reference_update():

@@ -9,7 +9,9 @@ every gradient against that reference), organised for throughput:
   over the captions of an image);
 - the embedding half of the cell's input projection, both output projections and the
   vocabulary layer run for all time steps in a few large matrix products, outside the
-  recurrence;
+  recurrence (time first, so each step's slice is contiguous and its gradient costs nothing
+  per step); compiled, the vocabulary layer and its cross-entropy fuse, so fp32 logits are
+  never stored;
 - inside the recurrence: one matmul from ``h`` (attention query, gate and recurrent term
   together), the additive attention, a bmm for the context, one matmul from the context, and
   the cell's pointwise update;
@@ -132,8 +134,12 @@ def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
 def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor,
                     step=None) -> tuple[Tensor, Tensor]:
     """Teacher forcing over grouped inputs: feats (B, N, D), tokens (B, K, T) ->
-    pre-vocabulary outputs (B, K, T, E) and alphas (B, K, T, N). ``step`` defaults to the
-    decoder's cell (:data:`STEPS`); pass a compiled one to fuse it."""
+    pre-vocabulary outputs (T, B, K, E) and alphas (T, B, K, N), time first. ``step``
+    defaults to the decoder's cell (:data:`STEPS`); pass a compiled one to fuse it.
+
+    Time first, each step's input term is a contiguous slice taken with ``unbind``: its
+    gradient is one stack at the end, not a full-size zero tensor plus an add at every step
+    (what indexing ``xe[:, :, t]`` costs in the backward)."""
     dec, att, cell = decoder, decoder.attention, decoder.cell
     B, K, T = tokens.shape
     dtype = _compute_dtype(feats.device, feats.dtype)
@@ -143,43 +149,54 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor,
     h = torch.tanh(dec.init_h(mean)).to(state).unsqueeze(1).repeat(1, K, 1)  # (B, K, H)
     c = (torch.tanh(dec.init_c(mean)).to(state).unsqueeze(1).repeat(1, K, 1)
          if dec.init_c is not None else torch.zeros_like(h))  # contiguous: one compiled step
-    emb = dec.embed(tokens)  # (B, K, T, E)
+    emb = dec.embed(tokens.permute(2, 0, 1))  # (T, B, K, E)
     e_dim = emb.size(-1)
-    xe = F.linear(emb, cell.weight_ih[:, :e_dim], cell.bias_ih)  # (B, K, T, G): all steps
+    xe = F.linear(emb, cell.weight_ih[:, :e_dim], cell.bias_ih)  # (T, B, K, G): all steps
     w_h = torch.cat([att.hidden_proj.weight, att.gate.weight, cell.weight_hh])  # (A+1+G, H)
     b_h = torch.cat([att.hidden_proj.bias, att.gate.bias, cell.bias_hh])
     w_c = cell.weight_ih[:, e_dim:]  # (G, D)
+    w_score = att.score.weight.view(-1)  # (A,)
     fn = step or STEPS[dec.cell_type]
     f = feats.to(dtype)  # cast once, not at every step
     hs, ctxs, alphas = [], [], []
-    for t in range(T):
-        h, c, ctx, alpha = fn(f, keys, xe[:, :, t], h, c, w_h, b_h, w_c, att.score.weight[0],
-                              att.score.bias)
+    for x in xe.unbind(0):  # (B, K, G) each
+        h, c, ctx, alpha = fn(f, keys, x, h, c, w_h, b_h, w_c, w_score, att.score.bias)
         hs.append(h)
         ctxs.append(ctx)
         alphas.append(alpha)
-    out = emb + dec.out_h(torch.stack(hs, 2)) + dec.out_ctx(torch.stack(ctxs, 2))  # (B,K,T,E)
-    return out, torch.stack(alphas, 2)  # (B, K, T, E), (B, K, T, N)
+    out = emb + dec.out_h(torch.stack(hs)) + dec.out_ctx(torch.stack(ctxs))  # (T, B, K, E)
+    return out, torch.stack(alphas)  # (T, B, K, E), (T, B, K, N)
+
+
+def vocab_loss(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
+               pad_id: int = 0) -> Tensor:
+    """Summed cross-entropy of the vocabulary layer: x (..., E), targets (...) -> scalar;
+    logits in the ambient (autocast) dtype, scored in fp32. Compiled, the fp32 logits are
+    never stored: one kernel reads the half-precision logits for the log-sum-exp, one writes
+    their gradient."""
+    logits = F.linear(x, weight, bias)  # (..., V)
+    wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits scored in fp32
+    return F.cross_entropy(logits.flatten(0, -2).to(wide), targets.flatten(),
+                           ignore_index=pad_id, reduction="sum")
 
 
 def grouped_loss(decoder: nn.Module, feats: Tensor, tokens: Tensor, alpha_c: float,
-                 pad_id: int = 0, counts: tuple | None = None, step=None) -> tuple[Tensor, Tensor]:
+                 pad_id: int = 0, counts: tuple | None = None, step=None,
+                 head=vocab_loss) -> tuple[Tensor, Tensor]:
     """:func:`captionkit.losses.caption_loss` of the decoder on grouped captions tokens
     (B, K, T) (all-pad rows are absent captions): (total loss, cross-entropy), both divided by
-    this batch's (target tokens, captions) or by ``counts``."""
-    inputs, targets = tokens[..., :-1], tokens[..., 1:]  # (B, K, T-1)
-    out, alphas = grouped_forward(decoder, feats, inputs, step)
-    logits = decoder.out(decoder.dropout(out))  # (B, K, T-1, V)
-    mask = targets.ne(pad_id)  # (B, K, T-1)
-    wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits scored in fp32
-    ce_sum = F.cross_entropy(logits.flatten(0, 2).to(wide), targets.flatten(),
-                             ignore_index=pad_id, reduction="sum")
+    this batch's (target tokens, captions) or by ``counts``. ``head`` is :func:`vocab_loss`
+    or a compiled copy."""
+    inputs, targets = tokens[..., :-1], tokens[..., 1:].permute(2, 0, 1)  # (B,K,T-1), (T-1,B,K)
+    out, alphas = grouped_forward(decoder, feats, inputs, step)  # (T-1, B, K, E), (.., N)
+    ce_sum = head(decoder.dropout(out), decoder.out.weight, decoder.out.bias, targets, pad_id)
+    mask = targets.ne(pad_id)  # (T-1, B, K)
     present = tokens[..., 0].ne(pad_id)  # (B, K) real captions
     ntok, ncap = counts if counts is not None else (mask.sum(), present.sum())
     ce = ce_sum / ntok
     if alpha_c <= 0:
         return ce, ce
-    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=2)  # (B, K, N)
+    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=0)  # (B, K, N)
     penalty = (((1.0 - coverage) ** 2).sum(-1) * present).sum() / (ncap * alphas.size(-1))
     return ce + alpha_c * penalty, ce
 
@@ -234,8 +251,10 @@ class FastTrainStep:
         self.step_fn = STEPS[self.decoder.cell_type]
         if kernel:
             self.step_fn = _with_kernels(self.step_fn, kernel_min_images, kernel_context)
+        self.head = vocab_loss
         if compile:
             self.step_fn = torch.compile(self.step_fn, dynamic=False, mode=compile_mode)
+            self.head = torch.compile(vocab_loss)  # lengths vary: dynamic after a recompile
         self.graphs = graphs
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None  # one memory pool for all of this step's graphs (run one at a time)
@@ -250,7 +269,7 @@ class FastTrainStep:
     def _update(self, feats: Tensor, tokens: Tensor) -> Tensor:
         with autocast(self.cfg.amp, self.device, cache=not self.graphs):
             loss, ce = grouped_loss(self.decoder, feats, tokens, self.cfg.alpha_c, self.pad_id,
-                                    step=self.step_fn)
+                                    step=self.step_fn, head=self.head)
         finite = torch.isfinite(loss)
         self.optimizer.found_inf = (~finite).float()  # fused Adam skips the step on device
         loss.backward()
