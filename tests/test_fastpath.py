@@ -1,8 +1,11 @@
+import gc
 import json
+import weakref
 
 import pytest
 import torch
 
+from captionkit import fastpath
 from captionkit.config import DecoderConfig, TrainConfig
 from captionkit.engine import check_finite, fit, use_fast_path
 from captionkit.errors import CaptionKitError, NonFiniteLossError
@@ -73,6 +76,26 @@ def test_grouped_loss_and_gradients_equal_the_reference(name, alpha_c):
     torch.testing.assert_close(ce, ref_ce, rtol=1e-10, atol=1e-12)
     for (pname, _), g, r in zip(dec.named_parameters(), grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10, msg=pname)
+
+
+def test_late_weight_gradients_keep_no_graph_alive(monkeypatch):
+    """The layers' inputs handed to _LateWeightGrad are detached: an input still attached to
+    the graph would hold the Function's context (and every tensor it saved) forever, a
+    reference cycle through C++ that Python's collector cannot see."""
+    feats, tokens, image_index = batch()
+    dec = make_decoder("lstm")
+    contexts = []
+    forward = fastpath._LateWeightGrad.forward
+
+    def recording(ctx, *args):
+        contexts.append(weakref.ref(ctx))
+        return forward(ctx, *args)
+    monkeypatch.setattr(fastpath._LateWeightGrad, "forward", staticmethod(recording))
+    loss, ce = grouped_loss(dec, feats.double(), group_captions(tokens, image_index, 3, k=4), 1.0)
+    loss.backward()
+    del loss, ce
+    gc.collect()
+    assert len(contexts) == 2 and all(ref() is None for ref in contexts)
 
 
 def test_compiled_vocab_loss_equals_the_eager_one_for_every_length():

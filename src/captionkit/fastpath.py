@@ -93,14 +93,22 @@ def _attend(feats: Tensor, keys: Tensor, q: Tensor, gate: Tensor, w_score: Tenso
     return ctx * torch.sigmoid(gate), alpha
 
 
-def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, score=additive_score,
-              context=attention_context):
+def _from_h(h: Tensor, w_h: Tensor, b_h: Tensor, probe: Tensor | None) -> Tensor:
+    """The terms computed from h (B, K, H) -> (B, K, O), plus ``probe`` (zeros whose gradient
+    is this product's output gradient: see :class:`_LateWeightGrad`)."""
+    z = F.linear(h, w_h, b_h)  # (B, K, O)
+    return z if probe is None else z + probe
+
+
+def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
+              score=additive_score, context=attention_context):
     """One LSTM step for all captions: xe (B, K, 4H) is the embedding's input term (with the
     input bias); returns h, c (B, K, H), the gated context (B, K, D) and alpha (B, K, N).
-    ``score`` and ``context`` compute the attention (:func:`additive_score`,
+    ``probe`` (B, K, A+1+4H) is added to the terms from h (zeros that carry their gradient
+    out). ``score`` and ``context`` compute the attention (:func:`additive_score`,
     :func:`attention_context` or their Triton kernels)."""
     a, hid = keys.size(-1), h.size(-1)
-    q, gate, hh = F.linear(h, w_h, b_h).split([a, 1, 4 * hid], dim=-1)  # (B, K, A+1+4H)
+    q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, 4 * hid], dim=-1)  # (B,K,A+1+4H)
     ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, score, context)
     gates = (xe + F.linear(ctx, w_c) + hh).to(c.dtype)  # (B, K, 4H)
     i, f, g, o = gates.chunk(4, dim=-1)
@@ -109,11 +117,11 @@ def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, score=addi
     return h, c, ctx, alpha
 
 
-def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, score=additive_score,
-             context=attention_context):
+def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
+             score=additive_score, context=attention_context):
     """One GRU step (same arguments as :func:`lstm_step`; ``c`` passes through)."""
     a, hid = keys.size(-1), h.size(-1)
-    q, gate, hh = F.linear(h, w_h, b_h).split([a, 1, 3 * hid], dim=-1)  # (B, K, A+1+3H)
+    q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, 3 * hid], dim=-1)  # (B,K,A+1+3H)
     ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, score, context)
     xr, xz, xn = (xe + F.linear(ctx, w_c)).to(h.dtype).chunk(3, dim=-1)  # (B, K, H) each
     hr, hz, hn = hh.to(h.dtype).chunk(3, dim=-1)
@@ -123,6 +131,29 @@ def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, score=addit
 
 
 STEPS = {"lstm": lstm_step, "gru": gru_step}
+
+
+class _LateWeightGrad(torch.autograd.Function):
+    """``y`` unchanged; its gradient g (T, B, K, O) also becomes the gradient of a linear
+    layer's ``weight`` (O, I) and ``bias`` whose output at every time step had ``y``'s slice
+    added to it, given that layer's inputs x (T, B, K, I) (put in ``inputs`` after the
+    recurrence, before the backward). Inside the recurrence the layer runs with its weight
+    detached, so the weight gradient is one matrix product over all steps, gᵀ x, instead
+    of a small product, a cast and an accumulation at every step."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, weight: Tensor, bias: Tensor | None, inputs: list) -> Tensor:
+        ctx.inputs, ctx.dtypes = inputs, (weight.dtype, None if bias is None else bias.dtype)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x = ctx.inputs[0]  # (T, B, K, I)
+        g2 = g.flatten(0, -2)  # (T*B*K, O)
+        gw = (g2.t().to(x.dtype) @ x.flatten(0, -2)).to(ctx.dtypes[0])  # (O, I)
+        wide = torch.promote_types(g.dtype, torch.float32)  # bf16 gradients summed in fp32
+        gb = None if ctx.dtypes[1] is None else g2.sum(0, dtype=wide).to(ctx.dtypes[1])
+        return g, gw, gb, None
 
 
 def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
@@ -155,16 +186,25 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor,
     w_h = torch.cat([att.hidden_proj.weight, att.gate.weight, cell.weight_hh])  # (A+1+G, H)
     b_h = torch.cat([att.hidden_proj.bias, att.gate.bias, cell.bias_hh])
     w_c = cell.weight_ih[:, e_dim:]  # (G, D)
+    # the weights from h and from the context get their gradients after the recurrence: the
+    # gates' gradient is xe's, the terms from h get zero probes (see _LateWeightGrad)
+    h_in, ctx_in = [], []  # each layer's inputs at all steps, known after the loop
+    xe = _LateWeightGrad.apply(xe, w_c, None, ctx_in)  # (T, B, K, G)
+    probes = _LateWeightGrad.apply(xe.new_zeros(T, B, K, w_h.size(0)), w_h, b_h, h_in)
+    w_h, b_h, w_c = (w.detach().to(dtype) for w in (w_h, b_h, w_c))  # cast once
     w_score = att.score.weight.view(-1)  # (A,)
     fn = step or STEPS[dec.cell_type]
     f = feats.to(dtype)  # cast once, not at every step
-    hs, ctxs, alphas = [], [], []
-    for x in xe.unbind(0):  # (B, K, G) each
-        h, c, ctx, alpha = fn(f, keys, x, h, c, w_h, b_h, w_c, w_score, att.score.bias)
+    hs, ctxs, alphas = [h], [], []
+    for x, p in zip(xe.unbind(0), probes.unbind(0), strict=True):  # (B, K, G), (B, K, O)
+        h, c, ctx, alpha = fn(f, keys, x, h, c, w_h, b_h, w_c, w_score, att.score.bias, p)
         hs.append(h)
         ctxs.append(ctx)
         alphas.append(alpha)
-    out = emb + dec.out_h(torch.stack(hs)) + dec.out_ctx(torch.stack(ctxs))  # (T, B, K, E)
+    h_all, ctx_all = torch.stack(hs), torch.stack(ctxs)  # (T+1, B, K, H), (T, B, K, D)
+    h_in.append(h_all[:-1].detach().to(dtype))  # detached: a graph reaching the Function's
+    ctx_in.append(ctx_all.detach())  # context from its own inputs would never be freed
+    out = emb + dec.out_h(h_all[1:]) + dec.out_ctx(ctx_all)  # (T, B, K, E)
     return out, torch.stack(alphas)  # (T, B, K, E), (T, B, K, N)
 
 
