@@ -14,7 +14,8 @@ every gradient against that reference), organised for throughput:
   never stored;
 - inside the recurrence: one matmul from ``h`` (attention query, gate and recurrent term
   together), the additive attention, a bmm for the context, one matmul from the context, and
-  the cell's pointwise update;
+  the cell's pointwise update; the two matmuls' weight gradients are computed once after the
+  recurrence, one product over all steps (:class:`_LateWeightGrad`), not one per step;
 - every caption runs the batch's T steps and a mask drops the steps after its end, so no shape
   depends on the data and nothing waits for the host: the step function compiles
   (``torch.compile``) and a whole update (forward, backward, clipping, Adam) is captured once
