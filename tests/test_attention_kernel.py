@@ -20,14 +20,17 @@ triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 INTERPRETED = textwrap.dedent("""
+    import itertools
+
     import torch
     from captionkit.attention_kernel import additive_score as fused, attention_context
     from captionkit.fastpath import additive_score as reference, lstm_step, gru_step
     from captionkit.fastpath import attention_context as context_reference
 
     torch.manual_seed(0)
-    # K=5 captions (not a power of 2), N and A not multiples of the kernel's blocks
-    for B, K, N, A in [(3, 5, 7, 20), (2, 3, 40, 70), (1, 1, 5, 64)]:
+    # K=5 captions (not a power of 2), N and A not multiples of the kernel's blocks; the
+    # backward's regions split in 2 and in 7 (few images)
+    for B, K, N, A in [(3, 5, 7, 20), (2, 3, 40, 70), (1, 1, 5, 64), (2, 5, 196, 24)]:
         keys = torch.randn(B, N, A, requires_grad=True)
         q = torch.randn(B, K, A, requires_grad=True)
         w = torch.randn(A, requires_grad=True)
@@ -52,21 +55,21 @@ INTERPRETED = textwrap.dedent("""
             for a, b in zip(torch.autograd.grad(got, wrt, g), torch.autograd.grad(want, wrt, g)):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
-    # a whole recurrent step with the kernels equals the step without them
+    # a whole recurrent step with the kernels equals the step without them, also hoisted
+    # (the features already multiplied by the context's weight: (B, N, G), no w_c)
     B, K, N, D, A, H = 2, 5, 6, 12, 9, 10
-    for step, gates in [(lstm_step, 4), (gru_step, 3)]:
+    for (step, gates), hoist in itertools.product([(lstm_step, 4), (gru_step, 3)], [0, 1]):
         torch.manual_seed(1)
-        args = [torch.randn(B, N, D), torch.randn(B, N, A), torch.randn(B, K, gates * H),
-                torch.randn(B, K, H), torch.randn(B, K, H), torch.randn(A + 1 + gates * H, H),
-                torch.randn(A + 1 + gates * H), torch.randn(gates * H, D), torch.randn(A),
-                torch.randn(1)]
-        for a in args:
-            a.requires_grad_(True)
+        args = [torch.randn(B, N, gates * H if hoist else D), torch.randn(B, N, A),
+                torch.randn(B, K, gates * H), torch.randn(B, K, H), torch.randn(B, K, H),
+                torch.randn(A + 1 + gates * H, H), torch.randn(A + 1 + gates * H),
+                None if hoist else torch.randn(gates * H, D), torch.randn(A), torch.randn(1)]
+        wrt = [a.requires_grad_(True) for a in args if a is not None]
         outs = [step(*args, score=fused, context=attention_context), step(*args)]
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         loss = [sum(o.square().sum() for o in out) for out in outs]
-        for a, b in zip(torch.autograd.grad(loss[0], args), torch.autograd.grad(loss[1], args)):
+        for a, b in zip(torch.autograd.grad(loss[0], wrt), torch.autograd.grad(loss[1], wrt)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     print("ok")
 """)

@@ -42,6 +42,16 @@ def _tanh(x, FAST: tl.constexpr):
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
+@triton.jit
+def _dot(a, b, acc, FAST: tl.constexpr):
+    """``acc + a @ b`` in b's (half) precision, accumulated in fp32. Triton's CPU interpreter
+    multiplies bf16 tiles as raw integers, so there (tests) in fp32."""
+    if FAST:
+        return tl.dot(a.to(b.dtype), b, acc)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+
+
 def _configs(pairs: list[tuple[int, int, int]], names: tuple[str, str]) -> list:
     """Autotuning candidates; under the interpreter (CPU tests) just the first."""
     chosen = pairs if FAST_TANH else pairs[:1]
@@ -75,21 +85,23 @@ def _score_fwd(keys, q, w, out, B, K, N, A, skb, skn, sqb, sqk, sob, sok,
 @triton.autotune(configs=_configs([(32, 32, 1), (32, 32, 2), (32, 64, 2), (16, 64, 2),
                                    (64, 32, 2), (32, 64, 4), (16, 32, 1), (32, 16, 1)],
                                   ("BLOCK_N", "BLOCK_A")),
-                 key=["B", "K", "N", "A"])
+                 key=["B", "K", "N", "A", "CHUNK"])
 @triton.jit
-def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, sdb, sdk, skb, skn, sqb, sqk,
-               KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr,
-               FAST: tl.constexpr):
+def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, CHUNK, sdb, sdk, skb, skn, sqb,
+               sqk, sgs, sgb, sgk, KP: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_A: tl.constexpr, FAST: tl.constexpr):
     b = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A)
+    split = tl.program_id(2)  # this program's CHUNK regions
     cmask = cols < A
     wt = tl.load(w + cols, mask=cmask, other=0.0).to(tl.float32)
     caps = tl.arange(0, KP)
     acc_q = tl.zeros((KP, BLOCK_A), tl.float32)  # sum over regions, per caption
     acc_w = tl.zeros((BLOCK_N, BLOCK_A), tl.float32)  # summed over regions at the end
-    for n0 in range(0, N, BLOCK_N):
+    n_end = tl.minimum(split * CHUNK + CHUNK, N)
+    for n0 in range(split * CHUNK, n_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < N
+        nmask = n < n_end
         m = nmask[:, None] & cmask[None, :]
         kt = tl.load(keys + b * skb + n[:, None] * skn + cols[None, :], mask=m,
                      other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_A)
@@ -104,10 +116,10 @@ def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, sdb, sdk, skb, skn, sq
             acc_w += g[:, None] * t
         tl.store(dkeys + b * skb + n[:, None] * skn + cols[None, :],
                  (acc_k * wt[None, :]).to(dkeys.dtype.element_ty), mask=m)
-    tl.store(dq + b * sqb + caps[:, None] * sqk + cols[None, :],
+    tl.store(dq + split * sgs + b * sgb + caps[:, None] * sgk + cols[None, :],
              (acc_q * wt[None, :]).to(dq.dtype.element_ty),
              mask=(caps[:, None] < K) & cmask[None, :])
-    tl.store(dw + b * A + cols, tl.sum(acc_w, axis=0), mask=cmask)
+    tl.store(dw + (split * B + b) * A + cols, tl.sum(acc_w, axis=0), mask=cmask)
 
 
 @triton.autotune(configs=_configs([(32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 64, 4),
@@ -115,7 +127,8 @@ def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, sdb, sdk, skb, skn, sq
                  key=["B", "K", "N", "D"])
 @triton.jit
 def _context_fwd(alpha, feats, out, B, K, N, D, sab, sak, sfb, sfn, sob, sok,
-                 KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 FAST: tl.constexpr):
     b = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     caps = tl.arange(0, KP)
@@ -126,7 +139,7 @@ def _context_fwd(alpha, feats, out, B, K, N, D, sab, sak, sfb, sfn, sob, sok,
                     mask=(caps[:, None] < K) & (n[None, :] < N), other=0.0)  # (KP, BLOCK_N)
         f = tl.load(feats + b * sfb + n[:, None] * sfn + cols[None, :],
                     mask=(n[:, None] < N) & (cols[None, :] < D), other=0.0)  # (BLOCK_N, BLOCK_D)
-        acc = tl.dot(a.to(f.dtype), f, acc)
+        acc = _dot(a, f, acc, FAST)
     tl.store(out + b * sob + caps[:, None] * sok + cols[None, :], acc.to(out.dtype.element_ty),
              mask=(caps[:, None] < K) & (cols[None, :] < D))
 
@@ -136,7 +149,8 @@ def _context_fwd(alpha, feats, out, B, K, N, D, sab, sak, sfb, sfn, sob, sok,
                  key=["B", "K", "N", "D"])
 @triton.jit
 def _context_bwd(dctx, feats, dalpha, B, K, N, D, sgb, sgk, sfb, sfn, sab, sak,
-                 KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 FAST: tl.constexpr):
     b = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     caps = tl.arange(0, KP)
@@ -147,7 +161,7 @@ def _context_bwd(dctx, feats, dalpha, B, K, N, D, sgb, sgk, sfb, sfn, sab, sak,
                     mask=(caps[:, None] < K) & (cols[None, :] < D), other=0.0)  # (KP, BLOCK_D)
         f = tl.load(feats + b * sfb + n[:, None] * sfn + cols[None, :],
                     mask=(n[:, None] < N) & (cols[None, :] < D), other=0.0)  # (BLOCK_N, BLOCK_D)
-        acc = tl.dot(g.to(f.dtype), tl.trans(f), acc)
+        acc = _dot(g, tl.trans(f), acc, FAST)
     tl.store(dalpha + b * sab + caps[:, None] * sak + n[None, :], acc,
              mask=(caps[:, None] < K) & (n[None, :] < N))
 
@@ -179,6 +193,14 @@ def _(keys: Tensor, q: Tensor, w: Tensor) -> Tensor:
     return keys.new_empty(keys.size(0), q.size(1), keys.size(1), dtype=torch.float32)
 
 
+def _splits(B: int, N: int) -> int:
+    """Region splits of the score's backward. One program per (image, column block) walks all
+    regions: below 16 images a batch that is fewer programs than an H100/H200 has
+    multiprocessors (16 column blocks an image at A=512), so then each walks a share (4 shares
+    at 7 images, the 32 captions of a batch) and a sum adds their query gradients."""
+    return max(1, min(triton.cdiv(N, 32), 32 // B))
+
+
 @torch.library.custom_op("captionkit::additive_score_backward", mutates_args=())
 def additive_score_backward(de: Tensor, keys: Tensor, q: Tensor,
                             w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -186,12 +208,16 @@ def additive_score_backward(de: Tensor, keys: Tensor, q: Tensor,
     de, keys, q, w = de.float().contiguous(), keys.contiguous(), q.contiguous(), w.contiguous()
     B, N, A = keys.shape
     K = q.size(1)
-    dkeys, dq = torch.empty_like(keys), torch.empty_like(q)  # (B, N, A), (B, K, A)
-    dw = torch.empty(B, A, device=keys.device, dtype=torch.float32)  # per image, summed below
-    _score_bwd[lambda meta: (B, triton.cdiv(A, meta["BLOCK_A"]))](
-        de, keys, q, w, dkeys, dq, dw, B, K, N, A, de.stride(0), de.stride(1), keys.stride(0),
-        keys.stride(1), q.stride(0), q.stride(1), KP=triton.next_power_of_2(K),
-        FAST=FAST_TANH)
+    splits = _splits(B, N)
+    dkeys = torch.empty_like(keys)  # (B, N, A)
+    dq = torch.empty_like(q) if splits == 1 else q.new_empty(splits, B, K, A)  # or per split
+    dw = torch.empty(splits * B, A, device=keys.device, dtype=torch.float32)  # summed below
+    _score_bwd[lambda meta: (B, triton.cdiv(A, meta["BLOCK_A"]), splits)](
+        de, keys, q, w, dkeys, dq, dw, B, K, N, A, triton.cdiv(N, splits), de.stride(0),
+        de.stride(1), keys.stride(0), keys.stride(1), q.stride(0), q.stride(1),
+        0 if splits == 1 else dq.stride(0), dq.stride(-3), dq.stride(-2),
+        KP=triton.next_power_of_2(K), FAST=FAST_TANH)
+    dq = dq if splits == 1 else dq.sum(0)  # (B, K, A): one kernel (bf16 summed in fp32)
     return dkeys, dq, dw.sum(0).to(w.dtype)
 
 
@@ -230,7 +256,7 @@ def attention_context(alpha: Tensor, feats: Tensor) -> Tensor:
     out = feats.new_empty(B, K, D)  # (B, K, D)
     _context_fwd[lambda meta: (B, triton.cdiv(D, meta["BLOCK_D"]))](
         alpha, feats, out, B, K, N, D, alpha.stride(0), alpha.stride(1), feats.stride(0),
-        feats.stride(1), out.stride(0), out.stride(1), KP=_kp(K))
+        feats.stride(1), out.stride(0), out.stride(1), KP=_kp(K), FAST=FAST_TANH)
     return out
 
 
@@ -249,7 +275,7 @@ def attention_context_backward(dctx: Tensor, alpha: Tensor, feats: Tensor,
     dalpha = torch.empty(B, K, N, device=feats.device, dtype=torch.float32)  # (B, K, N)
     _context_bwd[lambda meta: (B, triton.cdiv(N, meta["BLOCK_N"]))](
         dctx, feats, dalpha, B, K, N, D, dctx.stride(0), dctx.stride(1), feats.stride(0),
-        feats.stride(1), dalpha.stride(0), dalpha.stride(1), KP=_kp(K))
+        feats.stride(1), dalpha.stride(0), dalpha.stride(1), KP=_kp(K), FAST=FAST_TANH)
     dfeats = (torch.bmm(alpha.to(feats.dtype).transpose(1, 2), dctx) if feats_grad
               else feats.new_empty(0))  # (B, N, D): only when training the encoder
     return dalpha, dfeats

@@ -83,6 +83,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also write a resume point every N steps (0 = each epoch end)
     bucket_pool: int = 0  # length-bucketed batches sorted within pools of N batches (0 = off)
     fast_path: str = "auto"  # grouped fast step: always | never | auto (CUDA: compiled+graphs)
+    fast_hoist_images: int = 0  # fast step: context product out of the recurrence at <= N images
 
 
 @dataclass(frozen=True)

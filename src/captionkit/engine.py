@@ -26,7 +26,8 @@ from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.decoding import Hypothesis, beam_search
 from captionkit.distributed import Dist, all_sum, setup, wrap
 from captionkit.errors import CaptionKitError, NonFiniteLossError
-from captionkit.fastpath import FastTrainStep, grouped_inputs, kernel_available, supports
+from captionkit.fastpath import grouped_inputs, supports
+from captionkit.fasttrain import FastTrainStep, kernel_available
 from captionkit.loop import FitResult, TrainLoop
 from captionkit.losses import caption_loss
 from captionkit.metrics import corpus_bleu_cider
@@ -81,7 +82,7 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
 
 def use_fast_path(cfg: Config, model: CaptionModel, device: torch.device,
                   d: Dist | None = None) -> bool:
-    """Whether cross-entropy training runs :class:`~captionkit.fastpath.FastTrainStep`
+    """Whether cross-entropy training runs :class:`~captionkit.fasttrain.FastTrainStep`
     (``train.fast_path``: ``always``, ``never``, or ``auto`` = on CUDA when it applies: an attention
     RNN decoder over a frozen encoder, one process)."""
     mode, t = cfg.train.fast_path, cfg.train
@@ -295,7 +296,8 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
     if fast_path:
         on_gpu = device.type == "cuda"
         fast = FastTrainStep(model, optimizer, cfg.train, compile=on_gpu, graphs=on_gpu,
-                             pad_id=vocab.pad_id, kernel=kernel_available(device))
+                             pad_id=vocab.pad_id, kernel=kernel_available(device),
+                             hoist_max_images=cfg.train.fast_hoist_images)
     run = epoch_runner(cfg, train_ds, vocab, device, total, progress and d.main, d, fast)
 
     def validate() -> tuple[dict[str, float], list[str]]:

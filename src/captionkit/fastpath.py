@@ -1,4 +1,4 @@
-"""A fast training step for the attention RNN decoders (``lstm``, ``gru``), made for GPUs.
+"""The fast path's loss for the attention RNN decoders (``lstm``, ``gru``), made for GPUs.
 
 It computes the loss that ``decoder(feats, tokens, image_index)`` followed by
 :func:`captionkit.losses.caption_loss` computes (``tests/test_fastpath.py`` checks the loss and
@@ -15,30 +15,23 @@ every gradient against that reference), organised for throughput:
 - inside the recurrence: one matmul from ``h`` (attention query, gate and recurrent term
   together), the additive attention, a bmm for the context, one matmul from the context, and
   the cell's pointwise update; the two matmuls' weight gradients are computed once after the
-  recurrence, one product over all steps (:class:`_LateWeightGrad`), not one per step;
+  recurrence, one product over all steps (:class:`_LateGrad`), not one per step; for small
+  batches the context's matmul can leave the recurrence altogether (``hoist``);
 - every caption runs the batch's T steps and a mask drops the steps after its end, so no shape
-  depends on the data and nothing waits for the host: the step function compiles
-  (``torch.compile``) and a whole update (forward, backward, clipping, Adam) is captured once
-  per batch shape as a CUDA graph and replayed;
-- on CUDA the attention's score and context run as Triton kernels
-  (:mod:`captionkit.attention_kernel`, ``kernel=True``): compiled, the score's backward
-  recomputes ``tanh`` over (captions x regions x A) in two reductions, and the context's
-  batched product pads each image's 5 query rows to a full tile.
+  depends on the data and nothing waits for the host.
 
-A non-finite loss never reaches the weights: the update is skipped on the device (fused Adam's
-``found_inf``) and the first such step is recorded for the caller to report.
+:class:`captionkit.fasttrain.FastTrainStep` turns this into an optimizer update: compiled,
+captured as a CUDA graph, with the Triton attention kernels of
+:mod:`captionkit.attention_kernel`.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import itertools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from captionkit.config import TrainConfig
-from captionkit.precision import autocast
 
 
 def group_captions(tokens: Tensor, image_index: Tensor, num_images: int, k: int | None = None,
@@ -84,14 +77,23 @@ def attention_context(alpha: Tensor, feats: Tensor) -> Tensor:
 
 
 def _attend(feats: Tensor, keys: Tensor, q: Tensor, gate: Tensor, w_score: Tensor,
-            b_score: Tensor, score=additive_score,
-            context=attention_context) -> tuple[Tensor, Tensor]:
-    """Gated context (B, K, D) and weights (B, K, N) for queries q (B, K, A) over one image's
-    keys (B, N, A) and features (B, N, D)."""
+            b_score: Tensor, w_c: Tensor | None, score=additive_score,
+            context=attention_context) -> tuple[Tensor, Tensor, Tensor]:
+    """The attention's term in the gates (B, K, G), what the step carries out (the gated
+    context (B, K, D)) and alpha (B, K, N), for queries q (B, K, A) over one image's keys
+    (B, N, A) and features (B, N, D).
+
+    With ``w_c`` None the context's product is hoisted: ``feats`` is then each image's
+    ``feats @ w_cᵀ`` (B, N, G), computed once, and since the gate is one number per caption,
+    ``w_c (sigmoid(gate) alpha @ f) = (sigmoid(gate) alpha) @ (f w_cᵀ)``; the gated weights
+    (B, K, N) are carried out in place of the context (rebuilt after the recurrence)."""
     e = score(keys, q, w_score) + b_score  # (B, K, N)
     alpha = torch.softmax(e, dim=-1)  # (B, K, N); fp32 under autocast
-    ctx = context(alpha, feats)  # (B, K, D)
-    return ctx * torch.sigmoid(gate), alpha
+    if w_c is None:
+        weights = alpha * torch.sigmoid(gate)  # (B, K, N)
+        return context(weights, feats), weights, alpha  # (B, K, G)
+    ctx = context(alpha, feats) * torch.sigmoid(gate)  # (B, K, D)
+    return F.linear(ctx, w_c), ctx, alpha
 
 
 def _from_h(h: Tensor, w_h: Tensor, b_h: Tensor, probe: Tensor | None) -> Tensor:
@@ -106,12 +108,14 @@ def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None
     """One LSTM step for all captions: xe (B, K, 4H) is the embedding's input term (with the
     input bias); returns h, c (B, K, H), the gated context (B, K, D) and alpha (B, K, N).
     ``probe`` (B, K, A+1+4H) is added to the terms from h (zeros that carry their gradient
-    out). ``score`` and ``context`` compute the attention (:func:`additive_score`,
-    :func:`attention_context` or their Triton kernels)."""
+    out). ``w_c`` None: ``feats`` are the hoisted ``feats @ w_cᵀ`` and the gated attention
+    weights come out in place of the context (see :func:`_attend`). ``score`` and ``context``
+    compute the attention (:func:`additive_score`, :func:`attention_context` or their Triton
+    kernels)."""
     a, hid = keys.size(-1), h.size(-1)
     q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, 4 * hid], dim=-1)  # (B,K,A+1+4H)
-    ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, score, context)
-    gates = (xe + F.linear(ctx, w_c) + hh).to(c.dtype)  # (B, K, 4H)
+    term, ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, w_c, score, context)
+    gates = (xe + term + hh).to(c.dtype)  # (B, K, 4H)
     i, f, g, o = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
@@ -123,8 +127,8 @@ def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
     """One GRU step (same arguments as :func:`lstm_step`; ``c`` passes through)."""
     a, hid = keys.size(-1), h.size(-1)
     q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, 3 * hid], dim=-1)  # (B,K,A+1+3H)
-    ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, score, context)
-    xr, xz, xn = (xe + F.linear(ctx, w_c)).to(h.dtype).chunk(3, dim=-1)  # (B, K, H) each
+    term, ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, w_c, score, context)
+    xr, xz, xn = (xe + term).to(h.dtype).chunk(3, dim=-1)  # (B, K, H) each
     hr, hz, hn = hh.to(h.dtype).chunk(3, dim=-1)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
@@ -134,27 +138,49 @@ def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
 STEPS = {"lstm": lstm_step, "gru": gru_step}
 
 
-class _LateWeightGrad(torch.autograd.Function):
-    """``y`` unchanged; its gradient g (T, B, K, O) also becomes the gradient of a linear
-    layer's ``weight`` (O, I) and ``bias`` whose output at every time step had ``y``'s slice
-    added to it, given that layer's inputs x (T, B, K, I) (put in ``inputs`` after the
-    recurrence, before the backward). Inside the recurrence the layer runs with its weight
-    detached, so the weight gradient is one matrix product over all steps, gᵀ x, instead
-    of a small product, a cast and an accumulation at every step."""
+class _LateGrad(torch.autograd.Function):
+    """``y`` unchanged; its gradient g (T, B, K, O) is also the output gradient of a product
+    that added its result to ``y`` at every time step, and becomes the gradient of that
+    product's ``weight`` (and ``bias``), given the product's other inputs x (T, B, K, I) (put
+    in ``inputs`` after the recurrence, before the backward) and ``spec``, the einsum from
+    (g, x) to the weight's gradient:
+
+    - a linear layer, weight (O, I): ``"...o,...i->oi"``, gᵀx over all steps and captions;
+    - the hoisted context, each image's ``feats @ w_cᵀ`` (B, N, O) multiplied by the gated
+      attention weights x (T, B, K, N): ``"tbko,tbkn->bno"``, xᵀg per image.
+
+    Inside the recurrence the product runs on a detached weight, so its gradient is one
+    product over all steps instead of a small product, a cast and an add at every step."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, weight: Tensor, bias: Tensor | None, inputs: list) -> Tensor:
-        ctx.inputs, ctx.dtypes = inputs, (weight.dtype, None if bias is None else bias.dtype)
+    def forward(ctx, y: Tensor, weight: Tensor, bias: Tensor | None, inputs: list,
+                spec: str) -> Tensor:
+        ctx.inputs, ctx.spec = inputs, spec
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x = ctx.inputs[0]  # (T, B, K, I)
-        g2 = g.flatten(0, -2)  # (T*B*K, O)
-        gw = (g2.t().to(x.dtype) @ x.flatten(0, -2)).to(ctx.dtypes[0])  # (O, I)
+        gw = torch.einsum(ctx.spec, g.to(x.dtype), x).to(ctx.dtypes[0])  # the weight's shape
         wide = torch.promote_types(g.dtype, torch.float32)  # bf16 gradients summed in fp32
-        gb = None if ctx.dtypes[1] is None else g2.sum(0, dtype=wide).to(ctx.dtypes[1])
-        return g, gw, gb, None
+        gb = (None if ctx.dtypes[1] is None
+              else g.flatten(0, -2).sum(0, dtype=wide).to(ctx.dtypes[1]))  # (O,)
+        return g, gw, gb, None, None
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose gradient is made contiguous here, once: the compiled step's backward
+    wants contiguous gradients for its outputs, and slices of a permuted or broadcast gradient
+    (the coverage penalty's, the rebuilt contexts') would each be copied, one copy a step."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        return g.contiguous()
 
 
 def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
@@ -163,15 +189,47 @@ def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
     return default
 
 
-def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor,
-                    step=None) -> tuple[Tensor, Tensor]:
+def _context_product(xe: Tensor, f: Tensor, w_c: Tensor, inputs: list,
+                     hoist: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(xe carrying w_c's late gradient, what the steps attend over, the step's w_c).
+    Hoisted: each image's ``f @ w_cᵀ`` (B, N, G), whose gradient comes after the recurrence
+    from the gated attention weights, and no w_c; else the features and w_c detached."""
+    if hoist:
+        source = F.linear(f, w_c)  # (B, N, G): the context's product, once per image
+        xe = _LateGrad.apply(xe, source, None, inputs, "tbko,tbkn->bno")  # (T, B, K, G)
+        return xe, source.detach(), None
+    xe = _LateGrad.apply(xe, w_c, None, inputs, "...o,...i->oi")  # (T, B, K, G)
+    return xe, f, w_c.detach().to(f.dtype)  # cast once
+
+
+def _per_step(tensors: list[Tensor], steps: int, own_views: bool) -> list:
+    """What each step gets of tensors every step uses: the tensor itself, or a view of its own
+    (``own_views``), so that autograd stacks their gradients and sums them once instead of
+    adding them up at every step (T gradients held until then)."""
+    if own_views:
+        return [t.expand(steps, *t.shape).unbind(0) for t in tensors]
+    return [itertools.repeat(t, steps) for t in tensors]
+
+
+def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None,
+                    hoist: bool = False) -> tuple[Tensor, Tensor]:
     """Teacher forcing over grouped inputs: feats (B, N, D), tokens (B, K, T) ->
     pre-vocabulary outputs (T, B, K, E) and alphas (T, B, K, N), time first. ``step``
     defaults to the decoder's cell (:data:`STEPS`); pass a compiled one to fuse it.
 
     Time first, each step's input term is a contiguous slice taken with ``unbind``: its
     gradient is one stack at the end, not a full-size zero tensor plus an add at every step
-    (what indexing ``xe[:, :, t]`` costs in the backward)."""
+    (what indexing ``xe[:, :, t]`` costs in the backward).
+
+    ``hoist`` moves the context's product into the gates out of the recurrence: each image's
+    features are multiplied by it once (``feats @ w_cᵀ``, N rows per image instead of K*T
+    caption steps: ~2.3x the FLOPs at COCO's sizes, in one large product), and every step
+    attends over those instead, one matrix product fewer in the forward and in the backward of
+    each step; the contexts the output layer needs are rebuilt after the recurrence in one
+    batched product. The gradients of the keys and of the score's weight and bias, which every
+    step adds to, are summed once after the recurrence (each step gets its own view; T copies
+    held until then) instead of by an addition at every step. Made for small batches, whose
+    steps are bound by latency: ~30 small kernels each."""
     dec, att, cell = decoder, decoder.attention, decoder.cell
     B, K, T = tokens.shape
     dtype = _compute_dtype(feats.device, feats.dtype)
@@ -187,26 +245,30 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor,
     w_h = torch.cat([att.hidden_proj.weight, att.gate.weight, cell.weight_hh])  # (A+1+G, H)
     b_h = torch.cat([att.hidden_proj.bias, att.gate.bias, cell.bias_hh])
     w_c = cell.weight_ih[:, e_dim:]  # (G, D)
-    # the weights from h and from the context get their gradients after the recurrence: the
-    # gates' gradient is xe's, the terms from h get zero probes (see _LateWeightGrad)
-    h_in, ctx_in = [], []  # each layer's inputs at all steps, known after the loop
-    xe = _LateWeightGrad.apply(xe, w_c, None, ctx_in)  # (T, B, K, G)
-    probes = _LateWeightGrad.apply(xe.new_zeros(T, B, K, w_h.size(0)), w_h, b_h, h_in)
-    w_h, b_h, w_c = (w.detach().to(dtype) for w in (w_h, b_h, w_c))  # cast once
-    w_score = att.score.weight.view(-1)  # (A,)
-    fn = step or STEPS[dec.cell_type]
     f = feats.to(dtype)  # cast once, not at every step
+    # the weights from h and from the context get their gradients after the recurrence: the
+    # gates' gradient is xe's, the terms from h get zero probes (see _LateGrad)
+    h_in, ctx_in = [], []  # each product's inputs at all steps, known after the loop
+    xe, source, w_c = _context_product(xe, f, w_c, ctx_in, hoist)  # (T, B, K, G), ..
+    probes = _LateGrad.apply(xe.new_zeros(T, B, K, w_h.size(0)), w_h, b_h, h_in,
+                             "...o,...i->oi")  # (T, B, K, A+1+G)
+    w_h, b_h = w_h.detach().to(dtype), b_h.detach().to(dtype)
+    shared = _per_step([keys, att.score.weight.view(-1), att.score.bias], T, hoist)
+    fn = step or STEPS[dec.cell_type]
     hs, ctxs, alphas = [h], [], []
-    for x, p in zip(xe.unbind(0), probes.unbind(0), strict=True):  # (B, K, G), (B, K, O)
-        h, c, ctx, alpha = fn(f, keys, x, h, c, w_h, b_h, w_c, w_score, att.score.bias, p)
+    for x, p, k, w_s, b_s in zip(xe.unbind(0), probes.unbind(0), *shared, strict=True):
+        h, c, ctx, alpha = fn(source, k, x, h, c, w_h, b_h, w_c, w_s, b_s, p)  # x, p (B, K, *)
         hs.append(h)
         ctxs.append(ctx)
         alphas.append(alpha)
-    h_all, ctx_all = torch.stack(hs), torch.stack(ctxs)  # (T+1, B, K, H), (T, B, K, D)
+    h_all = torch.stack(hs)  # (T+1, B, K, H)
+    ctx_all = _ContiguousGrad.apply(torch.stack(ctxs))  # (T, B, K, D or N)
     h_in.append(h_all[:-1].detach().to(dtype))  # detached: a graph reaching the Function's
-    ctx_in.append(ctx_all.detach())  # context from its own inputs would never be freed
+    ctx_in.append(ctx_all.detach().to(dtype))  # context from its own inputs would never be freed
+    if hoist:  # the gated contexts from the gated weights, all steps in one product per image
+        ctx_all = torch.einsum("tbkn,bnd->tbkd", ctx_all.to(dtype), f)  # (T, B, K, D)
     out = emb + dec.out_h(h_all[1:]) + dec.out_ctx(ctx_all)  # (T, B, K, E)
-    return out, torch.stack(alphas)  # (T, B, K, E), (T, B, K, N)
+    return out, _ContiguousGrad.apply(torch.stack(alphas))  # (T, B, K, E), (T, B, K, N)
 
 
 def vocab_loss(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
@@ -223,13 +285,13 @@ def vocab_loss(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
 
 def grouped_loss(decoder: nn.Module, feats: Tensor, tokens: Tensor, alpha_c: float,
                  pad_id: int = 0, counts: tuple | None = None, step=None,
-                 head=vocab_loss) -> tuple[Tensor, Tensor]:
+                 head=vocab_loss, hoist: bool = False) -> tuple[Tensor, Tensor]:
     """:func:`captionkit.losses.caption_loss` of the decoder on grouped captions tokens
     (B, K, T) (all-pad rows are absent captions): (total loss, cross-entropy), both divided by
     this batch's (target tokens, captions) or by ``counts``. ``head`` is :func:`vocab_loss`
-    or a compiled copy."""
+    or a compiled copy; ``hoist``: see :func:`grouped_forward`."""
     inputs, targets = tokens[..., :-1], tokens[..., 1:].permute(2, 0, 1)  # (B,K,T-1), (T-1,B,K)
-    out, alphas = grouped_forward(decoder, feats, inputs, step)  # (T-1, B, K, E), (.., N)
+    out, alphas = grouped_forward(decoder, feats, inputs, step, hoist)  # (T-1, B, K, E), (.., N)
     ce_sum = head(decoder.dropout(out), decoder.out.weight, decoder.out.bias, targets, pad_id)
     mask = targets.ne(pad_id)  # (T-1, B, K)
     present = tokens[..., 0].ne(pad_id)  # (B, K) real captions
@@ -242,138 +304,6 @@ def grouped_loss(decoder: nn.Module, feats: Tensor, tokens: Tensor, alpha_c: flo
     return ce + alpha_c * penalty, ce
 
 
-def kernel_available(device: torch.device) -> bool:
-    """Whether the Triton attention kernel can run on ``device`` (CUDA with Triton)."""
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
-
-
-def _with_kernels(step, min_images: int, use_context: bool = True):
-    """``step`` with the Triton attention kernels for batches of at least ``min_images``
-    images; the context kernel only for half-precision features (fp32 would run its products
-    in TF32). Shapes and dtypes are static under torch.compile: one choice per compiled shape."""
-    from captionkit import attention_kernel as kernels  # imports Triton
-
-    def fused_step(*args):
-        if args[1].size(0) < min_images:
-            return step(*args)
-        half = use_context and args[0].dtype in (torch.bfloat16, torch.float16)
-        return step(*args, score=kernels.additive_score,
-                    context=kernels.attention_context if half else attention_context)
-    return fused_step
-
-
 def supports(decoder: nn.Module) -> bool:
     """Whether the fast step can train ``decoder`` (the attention RNN decoders)."""
     return getattr(decoder, "cell_type", None) in STEPS
-
-
-class FastTrainStep:
-    """One optimizer update of ``model``'s decoder on a grouped batch, returning the device
-    tensor (loss, ce, finite) without waiting for it.
-
-    ``compile`` fuses the per-step function with torch.compile; ``graphs`` (CUDA) captures the
-    whole update per batch shape as a CUDA graph (inputs are copied into static buffers and the
-    graph is replayed). The optimizer must be fused Adam with a tensor learning rate
-    (:func:`captionkit.optim.build_optimizer` with ``fused=True``), so a non-finite loss skips
-    the update on the device. ``first_bad`` holds the first such step (-1 while none).
-    ``kernel`` computes the attention score and context (forward and backward) with the
-    Triton kernels of :mod:`captionkit.attention_kernel` (CUDA only) for batches of at least
-    ``kernel_min_images`` images; smaller ones are bound by launches, not by the score (at
-    batch 32 captions the kernel measured 8% slower on an H200, at 256 17% faster).
-    ``kernel_context=False`` keeps the context product in cuBLAS.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 compile: bool = False, graphs: bool = False, pad_id: int = 0,
-                 compile_mode: str | None = None, kernel: bool = False,
-                 kernel_min_images: int = 16, kernel_context: bool = True) -> None:
-        self.model, self.optimizer, self.cfg, self.pad_id = model, optimizer, cfg, pad_id
-        self.decoder = model.decoder
-        self.step_fn = STEPS[self.decoder.cell_type]
-        if kernel:
-            self.step_fn = _with_kernels(self.step_fn, kernel_min_images, kernel_context)
-        self.head = vocab_loss
-        if compile:
-            self.step_fn = torch.compile(self.step_fn, dynamic=False, mode=compile_mode)
-            self.head = torch.compile(vocab_loss)  # lengths vary: dynamic after a recompile
-        self.graphs = graphs
-        self._graphs: dict[tuple, tuple] = {}
-        self._pool = None  # one memory pool for all of this step's graphs (run one at a time)
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.device = self.params[0].device
-        for g in optimizer.param_groups:  # a loaded state dict may have made them floats
-            if not isinstance(g["lr"], Tensor):
-                g["lr"] = torch.tensor(float(g["lr"]), device=self.device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        self.step_no = torch.zeros((), dtype=torch.long, device=self.device)
-
-    def _update(self, feats: Tensor, tokens: Tensor) -> Tensor:
-        with autocast(self.cfg.amp, self.device, cache=not self.graphs):
-            loss, ce = grouped_loss(self.decoder, feats, tokens, self.cfg.alpha_c, self.pad_id,
-                                    step=self.step_fn, head=self.head)
-        finite = torch.isfinite(loss)
-        self.optimizer.found_inf = (~finite).float()  # fused Adam skips the step on device
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)
-        bad = (~finite) & (self.first_bad < 0)
-        self.first_bad.copy_(torch.where(bad, self.step_no, self.first_bad))
-        self.step_no.add_(1)
-        return torch.stack([loss.detach(), ce.detach(), finite.float()])
-
-    def __call__(self, feats: Tensor, tokens: Tensor) -> Tensor:
-        """Update on feats (B, N, D) and grouped tokens (B, K, T), both on the device."""
-        if not self.graphs:
-            return self._update(feats, tokens)
-        key = (tuple(feats.shape), tuple(tokens.shape), feats.dtype)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(feats, tokens)
-        graph, f_in, t_in, out = self._graphs[key]
-        f_in.copy_(feats, non_blocking=True)
-        t_in.copy_(tokens, non_blocking=True)
-        graph.replay()
-        return out.clone()
-
-    def _capture(self, feats: Tensor, tokens: Tensor) -> tuple:
-        """Warm up on a side stream, capture one update, then restore the weights and the
-        optimizer state the warm-up changed (capture itself computes nothing)."""
-        saved = _snapshot(self.params, self.optimizer, [self.first_bad, self.step_no])
-        f_in, t_in = feats.clone(), tokens.clone()
-        for p in self.params:  # every graph writes these same gradient tensors: never replace
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._update(f_in, t_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        self._pool = self._pool or torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._update(f_in, t_in)
-        _restore(saved, self.params, self.optimizer, [self.first_bad, self.step_no])
-        return graph, f_in, t_in, out
-
-
-def _snapshot(params, optimizer, extra) -> dict:
-    state = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()
-                     if isinstance(v, Tensor)} for p in params if p in optimizer.state}
-    return {"params": [p.detach().clone() for p in params], "state": state,
-            "extra": [t.clone() for t in extra]}
-
-
-def _restore(saved: dict, params, optimizer, extra) -> None:
-    with torch.no_grad():
-        for p, v in zip(params, saved["params"], strict=True):
-            p.copy_(v)
-            p.grad.zero_()
-        for p in params:
-            before = saved["state"].get(id(p), {})
-            for k, v in optimizer.state[p].items():
-                if isinstance(v, Tensor):
-                    v.copy_(before[k]) if k in before else v.zero_()
-        for t, v in zip(extra, saved["extra"], strict=True):
-            t.copy_(v)

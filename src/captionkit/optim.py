@@ -14,7 +14,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig,
                     fused: bool = False) -> torch.optim.Optimizer:
     """Adam over the decoder, plus the encoder at its own learning rate when it is trainable.
     ``fused`` gives the fused, CUDA-graph-capturable Adam with learning rates held in device
-    tensors (what :class:`captionkit.fastpath.FastTrainStep` needs); the arithmetic is Adam's."""
+    tensors (what :class:`captionkit.fasttrain.FastTrainStep` needs); the arithmetic is Adam's."""
     groups = [{"params": list(model.decoder.parameters()), "lr": cfg.lr}]
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     if enc:
