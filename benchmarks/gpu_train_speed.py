@@ -12,13 +12,19 @@ attention penalty. Batches are counted in captions (C captions = ceil(C/5) image
 Rows, for each batch size (same batches for every row):
   reference fp32   captionkit's decoder.forward + caption_loss + update, fp32 (as before)
   reference bf16   the same under bf16 autocast (captionkit's path before this benchmark)
-  fast eager       captionkit.fastpath.FastTrainStep: grouped by image, hoisted projections
+  fast eager       captionkit.fasttrain.FastTrainStep: grouped by image, hoisted projections
   fast compiled    + torch.compile of the per-time-step function
   fast graphed     + the whole update captured as a CUDA graph
   fast score-kernel  + the attention score forward and backward as Triton kernels
   fast kernel      + the attention context (alpha @ feats) forward and backward as Triton
                    kernels too (captionkit.attention_kernel): what ``captionkit train`` runs
                    on CUDA (train.fast_path=auto)
+  fast hoisted     + the context's product into the gates hoisted out of the recurrence
+                   (each image's features multiplied once, ``hoist_max_images``): fewer,
+                   larger products, for small batches; it computes ~2.3x that product's
+                   FLOPs, counted below as the model's (not what this variant executes)
+  fast hoisted+k   the same with the Triton attention kernels at every batch size (by
+                   default only from 16 images a batch: ``kernel_min_images``)
 and a last "best" row: the kernel step at ``--best`` captions with length-bucketed batches.
 
 FLOP count (stated, not measured): multiply-adds x 2 for the matrix products, per real
@@ -50,7 +56,8 @@ import torch
 from captionkit.config import DecoderConfig, TrainConfig
 from captionkit.data.dataset import collate
 from captionkit.decoding import beam_search
-from captionkit.fastpath import FastTrainStep, group_captions
+from captionkit.fastpath import group_captions
+from captionkit.fasttrain import FastTrainStep
 from captionkit.losses import caption_loss
 from captionkit.models.decoders import build_decoder
 from captionkit.optim import build_optimizer, update
@@ -137,12 +144,14 @@ def reference_runner(s: Sizes, device: torch.device, amp: bool):
 
 
 def fast_runner(s: Sizes, device: torch.device, compile: bool, graphs: bool,
-                mode: str | None = None, kernel: bool = False, context: bool = True):
+                mode: str | None = None, kernel: bool = False, context: bool = True,
+                hoist: bool = False, min_images: int = 16):
     model = make_model(s, device)
     cfg = TrainConfig(lr=4e-4, grad_clip=5.0, amp=True)
     step = FastTrainStep(model, build_optimizer(model, cfg, fused=True), cfg, compile=compile,
                          graphs=graphs, compile_mode=mode, kernel=kernel,
-                         kernel_context=context)
+                         kernel_context=context, hoist_max_images=1 << 30 if hoist else 0,
+                         kernel_min_images=min_images)
     return lambda b: step(b["feats"], b["grouped"])
 
 
@@ -193,13 +202,15 @@ def beam_rate(s: Sizes, device: torch.device, images: int, batch: int) -> float:
     return images / (time.perf_counter() - t0)
 
 
-def profile(s: Sizes, device: torch.device, captions: int, kernel: bool) -> None:
+def profile(s: Sizes, device: torch.device, captions: int, variant: str) -> None:
     """Where the compiled (not graphed) step's GPU time goes: the top kernels."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     batches = make_batches(s, captions, 2, seed=1, bucket=True, device=device)
-    run = fast_runner(s, device, True, False, kernel=kernel)
+    run = fast_runner(s, device, True, False, kernel=variant != "compiled",
+                      hoist=variant.startswith("hoisted"),
+                      min_images=1 if variant == "hoisted+k" else 16)
     for b in batches:
         run(b)
     sync(device)
@@ -216,7 +227,8 @@ def main() -> None:
     ap.add_argument("--best", type=int, default=5120, help="captions per batch, best row")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--variants", default="ref32,ref16,eager,compiled,graphed,score,kernel")
+    ap.add_argument("--variants",
+                    default="ref32,ref16,eager,compiled,graphed,score,kernel,hoisted")
     ap.add_argument("--best-variant", default="kernel", help="variant(s) of the best row")
     ap.add_argument("--beam-images", type=int, default=5000)
     ap.add_argument("--json", help="also write the rows here")
@@ -225,6 +237,9 @@ def main() -> None:
                     "max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true", help="CUDA kernel table, compiled step")
     ap.add_argument("--profile-at", help="captions per batch of the profiles (default: --best)")
+    ap.add_argument("--profile-variant", default="kernel",
+                    choices=["compiled", "kernel", "hoisted", "hoisted+k"],
+                    help="the step the profiles run")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.config.recompile_limit = 64  # one compiled step per batch shape and variant
@@ -244,6 +259,11 @@ def main() -> None:
             s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, context=False)),
         "kernel": ("fast kernel", lambda: fast_runner(s, device, on_gpu, on_gpu,
                                                       args.compile_mode, kernel=on_gpu)),
+        "hoisted": ("fast hoisted", lambda: fast_runner(
+            s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, hoist=True)),
+        "hoisted+k": ("fast hoisted+k", lambda: fast_runner(
+            s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, hoist=True,
+            min_images=1)),
     }
     rows = []
     sizes = [int(x) for x in args.batch_sizes.split(",")]
@@ -261,8 +281,9 @@ def main() -> None:
         n = statistics.mean(b["captions"] for b in batches)
         tok = statistics.mean(b["steps"] for b in batches)
         fl = statistics.mean(flops(s, b) for b in batches)
-        label += f" {args.compile_mode}" if variant in ("graphed", "score", "kernel") and args.compile_mode \
-            else ""
+        tuned = variant in ("graphed", "score", "kernel", "hoisted", "hoisted+k") \
+            and args.compile_mode
+        label += f" {args.compile_mode}" if tuned else ""
         rows.append({"batch": captions, "variant": label + (" bucketed" if bucket else ""),
                      "captions_per_s": n / sec, "tokens_per_s": tok / sec,
                      "tflops": fl / sec / 1e12, "peak_mib": peak,
@@ -274,7 +295,7 @@ def main() -> None:
     if args.profile and on_gpu:
         for captions in (args.profile_at or str(args.best)).split(","):
             print(f"profile, {captions} captions a batch:")
-            profile(s, device, int(captions), kernel="kernel" in args.best_variant)
+            profile(s, device, int(captions), args.profile_variant)
     beam = beam_rate(s, device, args.beam_images if on_gpu else 64, 500 if on_gpu else 32)
     print(f"\n{'batch':>6} {'variant':<24} {'captions/s':>11} {'tokens/s':>11} {'TFLOP/s':>8} "
           f"{'peak MiB':>9}")
