@@ -215,7 +215,10 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None
                     hoist: bool = False) -> tuple[Tensor, Tensor]:
     """Teacher forcing over grouped inputs: feats (B, N, D), tokens (B, K, T) ->
     pre-vocabulary outputs (T, B, K, E) and alphas (T, B, K, N), time first. ``step``
-    defaults to the decoder's cell (:data:`STEPS`); pass a compiled one to fuse it.
+    defaults to the decoder's cell (:data:`STEPS`); pass a compiled one to fuse it. A step
+    may return a fifth output, a copy of h for the output layer: compiled, the gradients of h
+    from the next step and from the output layer are then added inside its backward, not by
+    autograd in a kernel of its own.
 
     Time first, each step's input term is a contiguous slice taken with ``unbind``: its
     gradient is one stack at the end, not a full-size zero tensor plus an add at every step
@@ -257,8 +260,8 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None
     fn = step or STEPS[dec.cell_type]
     hs, ctxs, alphas = [h], [], []
     for x, p, k, w_s, b_s in zip(xe.unbind(0), probes.unbind(0), *shared, strict=True):
-        h, c, ctx, alpha = fn(source, k, x, h, c, w_h, b_h, w_c, w_s, b_s, p)  # x, p (B, K, *)
-        hs.append(h)
+        h, c, ctx, alpha, *h_out = fn(source, k, x, h, c, w_h, b_h, w_c, w_s, b_s, p)
+        hs.append(h_out[0] if h_out else h)  # x, p, h: (B, K, *)
         ctxs.append(ctx)
         alphas.append(alpha)
     h_all = torch.stack(hs)  # (T+1, B, K, H)

@@ -46,6 +46,16 @@ def _with_kernels(step, min_images: int, use_context: bool = True):
     return fused_step
 
 
+def _with_h_copy(step):
+    """``step`` that also returns a copy of h, for the output layer (see
+    :func:`captionkit.fastpath.grouped_forward`): one autograd addition fewer a step."""
+
+    def step_and_copy(*args, **kwargs):
+        h, c, ctx, alpha = step(*args, **kwargs)
+        return h, c, ctx, alpha, h.clone()
+    return step_and_copy
+
+
 class FastTrainStep:
     """One optimizer update of ``model``'s decoder on a grouped batch, returning the device
     tensor (loss, ce, finite) without waiting for it.
@@ -78,7 +88,8 @@ class FastTrainStep:
             self.step_fn = _with_kernels(self.step_fn, kernel_min_images, kernel_context)
         self.head = vocab_loss
         if compile:
-            self.step_fn = torch.compile(self.step_fn, dynamic=False, mode=compile_mode)
+            self.step_fn = torch.compile(_with_h_copy(self.step_fn), dynamic=False,
+                                         mode=compile_mode)
             self.head = torch.compile(vocab_loss)  # lengths vary: dynamic after a recompile
         self.graphs = graphs
         self._graphs: dict[tuple, tuple] = {}
