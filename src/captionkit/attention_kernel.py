@@ -122,6 +122,22 @@ def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, CHUNK, sdb, sdk, skb, 
     tl.store(dw + (split * B + b) * A + cols, tl.sum(acc_w, axis=0), mask=cmask)
 
 
+@triton.jit
+def _tile(ptr, rows, cols, stride, n_rows, n_cols):
+    """``ptr[rows, cols]`` of a row-major matrix (row stride ``stride``), zeros outside its
+    ``n_rows`` x ``n_cols``."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _put(ptr, rows, cols, stride, n_rows, n_cols, value):
+    """``ptr[rows, cols] = value`` (in ptr's dtype) inside ``n_rows`` x ``n_cols``."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], value.to(ptr.dtype.element_ty),
+             mask=mask)
+
+
 @triton.autotune(configs=_configs([(32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 64, 4),
                                    (32, 64, 2), (64, 256, 8)], ("BLOCK_N", "BLOCK_D")),
                  key=["B", "K", "N", "D"])
@@ -133,15 +149,11 @@ def _context_fwd(alpha, feats, out, B, K, N, D, sab, sak, sfb, sfn, sob, sok,
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     caps = tl.arange(0, KP)
     acc = tl.zeros((KP, BLOCK_D), tl.float32)
-    for n0 in range(0, N, BLOCK_N):
+    for n0 in range(0, N, BLOCK_N):  # out = alpha @ feats, a block of D columns
         n = n0 + tl.arange(0, BLOCK_N)
-        a = tl.load(alpha + b * sab + caps[:, None] * sak + n[None, :],
-                    mask=(caps[:, None] < K) & (n[None, :] < N), other=0.0)  # (KP, BLOCK_N)
-        f = tl.load(feats + b * sfb + n[:, None] * sfn + cols[None, :],
-                    mask=(n[:, None] < N) & (cols[None, :] < D), other=0.0)  # (BLOCK_N, BLOCK_D)
-        acc = _dot(a, f, acc, FAST)
-    tl.store(out + b * sob + caps[:, None] * sok + cols[None, :], acc.to(out.dtype.element_ty),
-             mask=(caps[:, None] < K) & (cols[None, :] < D))
+        a = _tile(alpha + b * sab, caps, n, sak, K, N)  # (KP, BLOCK_N)
+        acc = _dot(a, _tile(feats + b * sfb, n, cols, sfn, N, D), acc, FAST)  # (KP, BLOCK_D)
+    _put(out + b * sob, caps, cols, sok, K, D, acc)
 
 
 @triton.autotune(configs=_configs([(32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 64, 4),
@@ -155,15 +167,12 @@ def _context_bwd(dctx, feats, dalpha, B, K, N, D, sgb, sgk, sfb, sfn, sab, sak,
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     caps = tl.arange(0, KP)
     acc = tl.zeros((KP, BLOCK_N), tl.float32)
-    for d0 in range(0, D, BLOCK_D):
+    for d0 in range(0, D, BLOCK_D):  # dalpha = dctx @ featsᵀ, a block of N columns
         cols = d0 + tl.arange(0, BLOCK_D)
-        g = tl.load(dctx + b * sgb + caps[:, None] * sgk + cols[None, :],
-                    mask=(caps[:, None] < K) & (cols[None, :] < D), other=0.0)  # (KP, BLOCK_D)
-        f = tl.load(feats + b * sfb + n[:, None] * sfn + cols[None, :],
-                    mask=(n[:, None] < N) & (cols[None, :] < D), other=0.0)  # (BLOCK_N, BLOCK_D)
-        acc = _dot(g, tl.trans(f), acc, FAST)
-    tl.store(dalpha + b * sab + caps[:, None] * sak + n[None, :], acc,
-             mask=(caps[:, None] < K) & (n[None, :] < N))
+        g = _tile(dctx + b * sgb, caps, cols, sgk, K, D)  # (KP, BLOCK_D)
+        f = _tile(feats + b * sfb, n, cols, sfn, N, D)  # (BLOCK_N, BLOCK_D)
+        acc = _dot(g, tl.trans(f), acc, FAST)  # (KP, BLOCK_N)
+    _put(dalpha + b * sab, caps, n, sak, K, N, acc)
 
 
 def _check(keys: Tensor, q: Tensor, w: Tensor) -> None:
