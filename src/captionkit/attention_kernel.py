@@ -52,6 +52,22 @@ def _dot(a, b, acc, FAST: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
 
 
+@triton.jit
+def _tile(ptr, rows, cols, stride, n_rows, n_cols):
+    """``ptr[rows, cols]`` of a row-major matrix (row stride ``stride``), zeros outside its
+    ``n_rows`` x ``n_cols``."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _put(ptr, rows, cols, stride, n_rows, n_cols, value):
+    """``ptr[rows, cols] = value`` (in ptr's dtype) inside ``n_rows`` x ``n_cols``."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], value.to(ptr.dtype.element_ty),
+             mask=mask)
+
+
 def _configs(pairs: list[tuple[int, int, int]], names: tuple[str, str]) -> list:
     """Autotuning candidates; under the interpreter (CPU tests) just the first."""
     chosen = pairs if FAST_TANH else pairs[:1]
@@ -102,9 +118,7 @@ def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, CHUNK, sdb, sdk, skb, 
     for n0 in range(split * CHUNK, n_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         nmask = n < n_end
-        m = nmask[:, None] & cmask[None, :]
-        kt = tl.load(keys + b * skb + n[:, None] * skn + cols[None, :], mask=m,
-                     other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_A)
+        kt = _tile(keys + b * skb, n, cols, skn, n_end, A).to(tl.float32)  # (BLOCK_N, BLOCK_A)
         acc_k = tl.zeros((BLOCK_N, BLOCK_A), tl.float32)  # sum over captions
         for k in range(K):
             qt = tl.load(q + b * sqb + k * sqk + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -114,28 +128,9 @@ def _score_bwd(de, keys, q, w, dkeys, dq, dw, B, K, N, A, CHUNK, sdb, sdk, skb, 
             acc_k += d
             acc_q = tl.where(caps[:, None] == k, acc_q + tl.sum(d, axis=0)[None, :], acc_q)
             acc_w += g[:, None] * t
-        tl.store(dkeys + b * skb + n[:, None] * skn + cols[None, :],
-                 (acc_k * wt[None, :]).to(dkeys.dtype.element_ty), mask=m)
-    tl.store(dq + split * sgs + b * sgb + caps[:, None] * sgk + cols[None, :],
-             (acc_q * wt[None, :]).to(dq.dtype.element_ty),
-             mask=(caps[:, None] < K) & cmask[None, :])
+        _put(dkeys + b * skb, n, cols, skn, n_end, A, acc_k * wt[None, :])
+    _put(dq + split * sgs + b * sgb, caps, cols, sgk, K, A, acc_q * wt[None, :])
     tl.store(dw + (split * B + b) * A + cols, tl.sum(acc_w, axis=0), mask=cmask)
-
-
-@triton.jit
-def _tile(ptr, rows, cols, stride, n_rows, n_cols):
-    """``ptr[rows, cols]`` of a row-major matrix (row stride ``stride``), zeros outside its
-    ``n_rows`` x ``n_cols``."""
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _put(ptr, rows, cols, stride, n_rows, n_cols, value):
-    """``ptr[rows, cols] = value`` (in ptr's dtype) inside ``n_rows`` x ``n_cols``."""
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    tl.store(ptr + rows[:, None] * stride + cols[None, :], value.to(ptr.dtype.element_ty),
-             mask=mask)
 
 
 @triton.autotune(configs=_configs([(32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 64, 4),
