@@ -226,6 +226,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="32,256,1024", help="captions per batch")
     ap.add_argument("--best", type=int, default=5120, help="captions per batch, best row")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batches", type=int, default=4,
+                    help="distinct batches (shapes) cycled through: 1 for max-autotune runs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants",
                     default="ref32,ref16,eager,compiled,graphed,score,kernel,hoisted")
@@ -270,7 +272,8 @@ def main() -> None:
     plan = [(c, v, False) for c in sizes for v in args.variants.split(",")]
     plan += [(args.best, v, True) for v in args.best_variant.split(",")] if args.best else []
     for captions, variant, bucket in plan:
-        batches = make_batches(s, captions, 4, seed=captions, bucket=bucket, device=device)
+        batches = make_batches(s, captions, args.batches, seed=captions, bucket=bucket,
+                               device=device)
         label, make = runners[variant]
         t0 = time.perf_counter()
         try:
