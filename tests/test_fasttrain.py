@@ -84,6 +84,8 @@ def test_fast_path_choice(tiny_config):
                       cpu)  # the shapes encoder trains
     with pytest.raises(CaptionKitError, match="auto, always or never"):
         use_fast_path(frozen.override(["train.fast_path=maybe"]), model, cpu)
+    with pytest.raises(CaptionKitError, match="train.fast_hoist_images must be >= 0"):
+        use_fast_path(frozen.override(["train.fast_hoist_images=-1"]), model, cpu)
 
 
 @pytest.mark.parametrize("hoist", [0, 100])

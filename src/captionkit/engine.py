@@ -88,6 +88,9 @@ def use_fast_path(cfg: Config, model: CaptionModel, device: torch.device,
     mode, t = cfg.train.fast_path, cfg.train
     if mode not in ("auto", "always", "never"):
         raise CaptionKitError(f"train.fast_path must be auto, always or never, not {mode!r}")
+    if t.fast_hoist_images < 0:
+        raise CaptionKitError(f"train.fast_hoist_images must be >= 0 (0 = never), not "
+                              f"{t.fast_hoist_images}")
     frozen = not cfg.encoder.trainable and cfg.encoder.finetune_blocks == 0
     ok = t.stage == "xe" and supports(model.decoder) and frozen and not (d and d.active)
     if mode == "always" and not ok:

@@ -98,7 +98,7 @@ def _attend(feats: Tensor, keys: Tensor, q: Tensor, gate: Tensor, w_score: Tenso
 
 def _from_h(h: Tensor, w_h: Tensor, b_h: Tensor, probe: Tensor | None) -> Tensor:
     """The terms computed from h (B, K, H) -> (B, K, O), plus ``probe`` (zeros whose gradient
-    is this product's output gradient: see :class:`_LateWeightGrad`)."""
+    is this product's output gradient: see :class:`_LateGrad`)."""
     z = F.linear(h, w_h, b_h)  # (B, K, O)
     return z if probe is None else z + probe
 
