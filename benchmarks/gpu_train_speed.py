@@ -45,6 +45,7 @@ after warm-up and compilation). Also: beam search (k=3, bf16 decoder) images/s o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -221,7 +222,7 @@ def profile(s: Sizes, device: torch.device, captions: int, variant: str) -> None
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="32,256,1024", help="captions per batch")
     ap.add_argument("--best", type=int, default=5120, help="captions per batch, best row")
@@ -242,32 +243,33 @@ def main() -> None:
     ap.add_argument("--profile-variant", default="kernel",
                     choices=["compiled", "kernel", "hoisted", "hoisted+k"],
                     help="the step the profiles run")
-    args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch._dynamo.config.recompile_limit = 64  # one compiled step per batch shape and variant
-    s = Sizes(vocab=300, grid=3, feat=32, dim=16) if args.quick else Sizes()
-    on_gpu = device.type == "cuda"
-    name = torch.cuda.get_device_name() if on_gpu else "CPU"
-    print(f"device: {name}, torch {torch.__version__}; vocab {s.vocab}, grid {s.grid}x{s.grid}"
-          f"x{s.feat}, {s.dim}-d; medians of {args.repeats} x {args.steps} updates")
-    runners = {
+    return ap.parse_args()
+
+
+TUNED = ("graphed", "score", "kernel", "hoisted", "hoisted+k")  # take --compile-mode
+
+
+def make_runners(s: Sizes, device: torch.device, mode: str | None) -> dict:
+    """Variant name -> (label, a function that builds its runner). Off the GPU the compiled
+    and graphed variants run eagerly (the smoke test's path)."""
+    gpu = device.type == "cuda"
+    fast = functools.partial(fast_runner, s, device, gpu, gpu, mode, kernel=gpu)
+    return {
         "ref32": ("reference fp32", lambda: reference_runner(s, device, amp=False)),
         "ref16": ("reference bf16", lambda: reference_runner(s, device, amp=True)),
         "eager": ("fast eager", lambda: fast_runner(s, device, False, False)),
-        "compiled": ("fast compiled", lambda: fast_runner(s, device, on_gpu, False)),
-        "graphed": ("fast graphed", lambda: fast_runner(s, device, on_gpu, on_gpu,
-                                                        args.compile_mode)),
-        "score": ("fast score-kernel", lambda: fast_runner(
-            s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, context=False)),
-        "kernel": ("fast kernel", lambda: fast_runner(s, device, on_gpu, on_gpu,
-                                                      args.compile_mode, kernel=on_gpu)),
-        "hoisted": ("fast hoisted", lambda: fast_runner(
-            s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, hoist=True)),
-        "hoisted+k": ("fast hoisted+k", lambda: fast_runner(
-            s, device, on_gpu, on_gpu, args.compile_mode, kernel=on_gpu, hoist=True,
-            min_images=1)),
+        "compiled": ("fast compiled", lambda: fast_runner(s, device, gpu, False)),
+        "graphed": ("fast graphed", lambda: fast_runner(s, device, gpu, gpu, mode)),
+        "score": ("fast score-kernel", lambda: fast(context=False)),
+        "kernel": ("fast kernel", lambda: fast()),
+        "hoisted": ("fast hoisted", lambda: fast(hoist=True)),
+        "hoisted+k": ("fast hoisted+k", lambda: fast(hoist=True, min_images=1)),
     }
-    rows = []
+
+
+def measure(s: Sizes, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """One row per (batch size, variant) of the plan; a failing row is reported and skipped."""
+    runners, rows = make_runners(s, device, args.compile_mode), []
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     plan = [(c, v, False) for c in sizes for v in args.variants.split(",")]
     plan += [(args.best, v, True) for v in args.best_variant.split(",")] if args.best else []
@@ -281,41 +283,55 @@ def main() -> None:
         except Exception as e:  # report the row and go on with the others
             print(f"batch {captions} {label}: FAILED {type(e).__name__}: {e}", flush=True)
             continue
-        n = statistics.mean(b["captions"] for b in batches)
-        tok = statistics.mean(b["steps"] for b in batches)
-        fl = statistics.mean(flops(s, b) for b in batches)
-        tuned = variant in ("graphed", "score", "kernel", "hoisted", "hoisted+k") \
-            and args.compile_mode
-        label += f" {args.compile_mode}" if tuned else ""
+        label += f" {args.compile_mode}" if variant in TUNED and args.compile_mode else ""
         rows.append({"batch": captions, "variant": label + (" bucketed" if bucket else ""),
-                     "captions_per_s": n / sec, "tokens_per_s": tok / sec,
-                     "tflops": fl / sec / 1e12, "peak_mib": peak,
-                     "wall_s": time.perf_counter() - t0})
+                     "captions_per_s": statistics.mean(b["captions"] for b in batches) / sec,
+                     "tokens_per_s": statistics.mean(b["steps"] for b in batches) / sec,
+                     "tflops": statistics.mean(flops(s, b) for b in batches) / sec / 1e12,
+                     "peak_mib": peak, "wall_s": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), flush=True)
         del batches
-        if on_gpu:
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-    if args.profile and on_gpu:
-        for captions in (args.profile_at or str(args.best)).split(","):
-            print(f"profile, {captions} captions a batch:")
-            profile(s, device, int(captions), args.profile_variant)
-    beam = beam_rate(s, device, args.beam_images if on_gpu else 64, 500 if on_gpu else 32)
+    return rows
+
+
+def report(rows: list[dict], beam: float, beam_images: int) -> None:
+    """The table, then the headline key=value lines."""
     print(f"\n{'batch':>6} {'variant':<24} {'captions/s':>11} {'tokens/s':>11} {'TFLOP/s':>8} "
           f"{'peak MiB':>9}")
     for r in rows:
         print(f"{r['batch']:>6} {r['variant']:<24} {r['captions_per_s']:>11.0f} "
               f"{r['tokens_per_s']:>11.0f} {r['tflops']:>8.1f} {r['peak_mib']:>9.0f}")
-    print(f"beam search k=3, bf16 decoder, {args.beam_images if on_gpu else 64} images: "
-          f"{beam:.0f} images/s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "rows": rows, "beam3_images_per_s": beam}, f, indent=1)
+    print(f"beam search k=3, bf16 decoder, {beam_images} images: {beam:.0f} images/s")
     best = max(r["captions_per_s"] for r in rows)
     b32 = max((r["captions_per_s"] for r in rows if r["batch"] == 32), default=float("nan"))
     print(f"best_captions_per_s={best:.0f}")
     print(f"b32_captions_per_s={b32:.0f}")
     print(f"coco_epoch_seconds={COCO_TRAIN_CAPTIONS / best:.2f}")
     print(f"beam3_images_per_s={beam:.0f}")
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch._dynamo.config.recompile_limit = 64  # one compiled step per batch shape and variant
+    s = Sizes(vocab=300, grid=3, feat=32, dim=16) if args.quick else Sizes()
+    on_gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name() if on_gpu else "CPU"
+    print(f"device: {name}, torch {torch.__version__}; vocab {s.vocab}, grid {s.grid}x{s.grid}"
+          f"x{s.feat}, {s.dim}-d; medians of {args.repeats} x {args.steps} updates")
+    rows = measure(s, device, args)
+    if args.profile and on_gpu:
+        for captions in (args.profile_at or str(args.best)).split(","):
+            print(f"profile, {captions} captions a batch:")
+            profile(s, device, int(captions), args.profile_variant)
+    beam_images = args.beam_images if on_gpu else 64
+    beam = beam_rate(s, device, beam_images, 500 if on_gpu else 32)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "rows": rows, "beam3_images_per_s": beam}, f, indent=1)
+    report(rows, beam, beam_images)
 
 
 if __name__ == "__main__":
