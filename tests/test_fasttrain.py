@@ -86,6 +86,8 @@ def test_fast_path_choice(tiny_config):
         use_fast_path(frozen.override(["train.fast_path=maybe"]), model, cpu)
     with pytest.raises(CaptionKitError, match="train.fast_hoist_images must be >= 0"):
         use_fast_path(frozen.override(["train.fast_hoist_images=-1"]), model, cpu)
+    with pytest.raises(CaptionKitError, match="train.fast_compile_mode must be one of default"):
+        use_fast_path(frozen.override(["train.fast_compile_mode=reduce-overhead"]), model, cpu)
 
 
 @pytest.mark.parametrize("hoist", [0, 100])
@@ -109,6 +111,26 @@ def test_fit_with_the_fast_path_follows_the_reference(tiny_config, tmp_path, mon
     rows = [json.loads(x) for x in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     assert hoisted and set(hoisted) == {hoist > 0}
+
+
+def test_fit_hands_the_compile_mode_and_hoist_to_the_fast_step(tiny_config, tmp_path,
+                                                              monkeypatch):
+    from captionkit import engine
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return FastTrainStep(*args, **kwargs)
+    monkeypatch.setattr(engine, "FastTrainStep", recording)
+    fit(tiny_config.override(["encoder.trainable=false", "train.epochs=1", "train.max_steps=1",
+                              "train.fast_path=always", "train.fast_hoist_images=3",
+                              "train.fast_compile_mode=max-autotune-no-cudagraphs",
+                              f"train.out_dir={tmp_path}"]), progress=False)
+    assert len(seen) == 1
+    assert seen[0]["compile_mode"] == "max-autotune-no-cudagraphs"
+    assert seen[0]["hoist_max_images"] == 3
+    assert seen[0]["compile"] is False  # the CPU: eager, so the mode is carried, not used
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

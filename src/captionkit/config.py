@@ -84,6 +84,7 @@ class TrainConfig:
     bucket_pool: int = 0  # length-bucketed batches sorted within pools of N batches (0 = off)
     fast_path: str = "auto"  # grouped fast step: always | never | auto (CUDA: compiled+graphs)
     fast_hoist_images: int = 0  # fast step: context product out of the recurrence at <= N images
+    fast_compile_mode: str = "default"  # fast step on CUDA: default | max-autotune-no-cudagraphs
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,11 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
             on_step(step, n)
     return {k: v / max(n, 1) for k, v in sums.items()}, step
 
+# torch.compile modes of the fast step (its CUDA graphs are its own, hence no cudagraph modes):
+# max-autotune tunes the step's GEMM tiles, ~1.5 min per batch shape (+18% at 32 captions a
+# batch on an H200, benchmarks/NOTES.md), worth it for long runs of small batches
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
 
 def use_fast_path(cfg: Config, model: CaptionModel, device: torch.device,
                   d: Dist | None = None) -> bool:
@@ -91,6 +96,9 @@ def use_fast_path(cfg: Config, model: CaptionModel, device: torch.device,
     if t.fast_hoist_images < 0:
         raise CaptionKitError(f"train.fast_hoist_images must be >= 0 (0 = never), not "
                               f"{t.fast_hoist_images}")
+    if t.fast_compile_mode not in COMPILE_MODES:
+        raise CaptionKitError(f"train.fast_compile_mode must be one of {', '.join(COMPILE_MODES)}"
+                              f", not {t.fast_compile_mode!r}")
     frozen = not cfg.encoder.trainable and cfg.encoder.finetune_blocks == 0
     ok = t.stage == "xe" and supports(model.decoder) and frozen and not (d and d.active)
     if mode == "always" and not ok:
@@ -300,7 +308,8 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
         on_gpu = device.type == "cuda"
         fast = FastTrainStep(model, optimizer, cfg.train, compile=on_gpu, graphs=on_gpu,
                              pad_id=vocab.pad_id, kernel=kernel_available(device),
-                             hoist_max_images=cfg.train.fast_hoist_images)
+                             hoist_max_images=cfg.train.fast_hoist_images,
+                             compile_mode=cfg.train.fast_compile_mode)
     run = epoch_runner(cfg, train_ds, vocab, device, total, progress and d.main, d, fast)
 
     def validate() -> tuple[dict[str, float], list[str]]:
