@@ -13,8 +13,8 @@ VARIANTS = ["ref32", "ref16", "eager", "compiled", "graphed", "score", "kernel",
 
 
 def test_gpu_train_speed_quick_prints_every_row_and_the_headline_figures():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    paths = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_train_speed.py"), "--quick",
            "--steps", "2", "--repeats", "1", "--batches", "2", "--batch-sizes", "32",
            "--best", "64", "--variants", ",".join(VARIANTS), "--beam-images", "16"]

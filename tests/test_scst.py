@@ -57,6 +57,9 @@ def test_scst_stage_needs_a_matching_init(trained_checkpoint, tiny_config):
     with pytest.raises(CaptionKitError, match="decoder.hidden_dim"):
         fit(tiny_config.override(["train.stage=scst", f"train.init={trained_checkpoint}",
                                   "decoder.hidden_dim=48"]), progress=False)
+    with pytest.raises(CaptionKitError, match="train.scst_xe_weight must be >= 0"):
+        fit(tiny_config.override(["train.stage=scst", f"train.init={trained_checkpoint}",
+                                  "train.scst_xe_weight=-0.1"]), progress=False)
 
 
 def test_eos_rewards_penalise_a_caption_cut_off_mid_phrase():

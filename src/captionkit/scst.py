@@ -96,6 +96,9 @@ def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                      progress: bool = True, on_step=None) -> tuple[dict[str, float], int]:
     """One SCST pass over ``loader``. Returns (mean loss, sampled-caption reward and baseline
     reward on the training images, global step after the epoch)."""
+    if cfg.scst_xe_weight < 0:
+        raise CaptionKitError(f"train.scst_xe_weight must be >= 0 (0 = the reward alone), not "
+                              f"{cfg.scst_xe_weight}")
     model.train()
     records = loader.dataset.records
     sums = {"loss": 0.0, "reward": 0.0, "baseline": 0.0}
