@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captionkit.api import Captioner
 from captionkit.config import load_config
 from captionkit.data.features import FeatureStore
-from captionkit.decoding import beam_search
+from captionkit.data.vocab import Vocabulary
+from captionkit.infer.captioner import Captioner
+from captionkit.infer.decoding import beam_search
 from captionkit.models.captioner import build_model
-from captionkit.vocab import Vocabulary
 from timing import median_rate
 
 ROOT = Path(__file__).resolve().parents[1]

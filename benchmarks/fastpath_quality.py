@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from captionkit.config import load_config
-from captionkit.engine import fit
+from captionkit.train.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from captionkit.config import load_config
 from captionkit.data import load_records
 from captionkit.data.features import extract_features
-from captionkit.engine import fit
-from captionkit.evaluation import DecodeSettings, evaluate_checkpoint
+from captionkit.infer.evaluation import DecodeSettings, evaluate_checkpoint
 from captionkit.models.encoders import build_encoder
+from captionkit.train.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ attention penalty. Batches are counted in captions (C captions = ceil(C/5) image
 Rows, for each batch size (same batches for every row):
   reference fp32   captionkit's decoder.forward + caption_loss + update, fp32 (as before)
   reference bf16   the same under bf16 autocast (captionkit's path before this benchmark)
-  fast eager       captionkit.fasttrain.FastTrainStep: grouped by image, hoisted projections
+  fast eager       captionkit.train.gpu.step.FastTrainStep: grouped by image, hoisted projections
   fast compiled    + torch.compile of the per-time-step function
   fast graphed     + the whole update captured as a CUDA graph
   fast score-kernel  + the attention score forward and backward as Triton kernels
   fast kernel      + the attention context (alpha @ feats) forward and backward as Triton
-                   kernels too (captionkit.attention_kernel): what ``captionkit train`` runs
+                   kernels too (captionkit.train.gpu.kernels): what ``captionkit train`` runs
                    on CUDA (train.fast_path=auto)
   fast hoisted     + the context's product into the gates hoisted out of the recurrence
                    (each image's features multiplied once, ``hoist_max_images``): fewer,
@@ -56,13 +56,13 @@ import torch
 
 from captionkit.config import DecoderConfig, TrainConfig
 from captionkit.data.dataset import collate
-from captionkit.decoding import beam_search
-from captionkit.fastpath import group_captions
-from captionkit.fasttrain import FastTrainStep
-from captionkit.losses import caption_loss
+from captionkit.infer.decoding import beam_search
 from captionkit.models.decoders import build_decoder
-from captionkit.optim import build_optimizer, update
-from captionkit.precision import autocast, inference_decoder
+from captionkit.models.precision import autocast, inference_decoder
+from captionkit.train.gpu.grouped import group_captions
+from captionkit.train.gpu.step import FastTrainStep
+from captionkit.train.losses import caption_loss
+from captionkit.train.optim import build_optimizer, update
 
 COCO_TRAIN_CAPTIONS = 414_113
 

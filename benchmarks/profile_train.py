@@ -17,9 +17,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from captionkit.config import load_config
 from captionkit.data.dataset import Batch
-from captionkit.engine import train_one_epoch
 from captionkit.models.captioner import build_model
-from captionkit.optim import build_optimizer
+from captionkit.train.fit import train_one_epoch
+from captionkit.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

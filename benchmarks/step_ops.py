@@ -5,7 +5,7 @@
 On a GPU at batch 32 the update is bound by launches: each eager operation outside the
 compiled step (autograd's gradient additions between steps, copies that make a gradient
 contiguous, casts) is one small kernel of ~2-3 µs. Their number hardly depends on the device,
-so this counts them where it runs: the update of :class:`captionkit.fasttrain.FastTrainStep`
+so this counts them where it runs: the update of :class:`captionkit.train.gpu.step.FastTrainStep`
 with the step compiled (Inductor), 7 images x 5 captions (the 32-caption batch) x T steps,
 under the torch profiler. Per variant: kernel-launching ATen operations (leaves that are not
 views or allocations), gradient additions and copies among them, and the compiled regions
@@ -23,8 +23,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from captionkit.config import TrainConfig
-from captionkit.fasttrain import FastTrainStep
-from captionkit.optim import build_optimizer
+from captionkit.train.gpu.step import FastTrainStep
+from captionkit.train.optim import build_optimizer
 from gpu_train_speed import Sizes, make_model
 
 VARIANTS = {"default": {}, "hoisted": {"hoist_max_images": 1 << 30}}

@@ -33,12 +33,12 @@ from captionkit.data.dataset import FeatureCaptionDataset, LengthBucketSampler, 
 from captionkit.data.features import extract_features
 from captionkit.data.images import load_image
 from captionkit.data.records import CaptionRecord
-from captionkit.distributed import resolve_device
-from captionkit.engine import train_one_epoch
+from captionkit.data.vocab import Vocabulary
 from captionkit.models.captioner import build_model
 from captionkit.models.encoders import build_encoder
-from captionkit.optim import build_optimizer
-from captionkit.vocab import Vocabulary
+from captionkit.train.distributed import resolve_device
+from captionkit.train.fit import train_one_epoch
+from captionkit.train.optim import build_optimizer
 from timing import median_rate
 
 FLICKR8K_TRAIN_CAPTIONS = 30_000

@@ -37,7 +37,7 @@ def tiny_config(shapes_root, tmp_path) -> Config:
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory, shapes_root) -> Path:
     """A checkpoint trained for a few steps on the tiny shapes dataset."""
-    from captionkit.engine import fit
+    from captionkit.train.fit import fit
 
     out = tmp_path_factory.mktemp("ckpt_run")
     cfg = Config().override([
@@ -54,8 +54,8 @@ def random_checkpoint(shapes_root, tmp_path_factory) -> Path:
     """An untrained tiny model: its captions are nonsense but never empty."""
     from captionkit.checkpoint import save_checkpoint
     from captionkit.data import load_records
+    from captionkit.data.vocab import Vocabulary
     from captionkit.models.captioner import build_model
-    from captionkit.vocab import Vocabulary
 
     torch.manual_seed(0)
     cfg = Config().override([f"data.root={shapes_root}", "decoder.embed_dim=16",

@@ -19,10 +19,10 @@ from PIL import Image
 from captionkit.data.csv_captions import read_csv
 from captionkit.data.flickr8k import _read_tokens
 from captionkit.data.images import load_image
+from captionkit.data.vocab import SPECIALS, Vocabulary, tokenize
 from captionkit.errors import DatasetError, ImageLoadError
 from captionkit.metrics.ptb import PUNCTUATIONS
 from captionkit.metrics.ptb import tokenize as ptb_tokenize
-from captionkit.vocab import SPECIALS, Vocabulary, tokenize
 
 settings.register_profile("ci", max_examples=150, deadline=timedelta(seconds=5),
                           suppress_health_check=[HealthCheck.too_slow,

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from captionkit.api import load
 from captionkit.cli import IMAGE_SUFFIXES, main
 from captionkit.config import Config
 from captionkit.data.flickr8k import read_flickr8k
 from captionkit.data.images import load_image
 from captionkit.errors import DatasetError, ImageLoadError
+from captionkit.infer.captioner import load
 from captionkit.server import ServeConfig, create_app
-from hostile.corpus import build_caption_files, build_images
+from tests.hostile.corpus import build_caption_files, build_images
 
 pytestmark = pytest.mark.timeout(300)
 

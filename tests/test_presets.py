@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from captionkit.config import load_config
-from captionkit.engine import fit
+from captionkit.train.fit import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -40,7 +40,7 @@ def test_seed_configuration_trains_a_few_steps(preset, tiny_csv, tmp_path):
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
 def test_every_preset_loads_and_names_registered_parts(preset):
-    from captionkit.engine import check_names
+    from captionkit.train.fit import check_names
 
     check_names(load_config(CONFIGS / f"{preset}.yaml"))
 

@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 
 
 def load(path, device: str = "cpu", precision: str = "auto"):
-    """Load a checkpoint folder into a :class:`captionkit.api.Captioner` (``precision``:
+    """Load a checkpoint folder into a :class:`captionkit.infer.captioner.Captioner` (``precision``:
     ``auto``, ``fp32`` or ``bf16`` decoding)."""
-    from captionkit.api import load as _load
+    from captionkit.infer.captioner import load as _load
 
     return _load(path, device, precision)
 

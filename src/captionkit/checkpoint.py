@@ -12,9 +12,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from captionkit.config import Config
+from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError, CheckpointError, ConfigError
 from captionkit.models.captioner import CaptionModel, build_model
-from captionkit.vocab import Vocabulary
 
 WEIGHTS, META = "model.safetensors", "meta.json"
 FORMAT_VERSION = 1

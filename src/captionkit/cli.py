@@ -34,7 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from captionkit.config import load_config
-    from captionkit.engine import fit
+    from captionkit.train.fit import fit
 
     if args.resume:
         saved = load_config(Path(args.resume) / "config.yaml")
@@ -71,7 +71,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from captionkit.download import download_dataset
+    from captionkit.data.download import download_dataset
 
     path = download_dataset(args.name, Path(args.to), progress=not args.quiet,
                             base_url=args.mirror)
@@ -102,7 +102,7 @@ def _decode_args(p: argparse.ArgumentParser, beam: int) -> None:
 def cmd_caption(args: argparse.Namespace) -> None:
     from captionkit.data.images import load_image
     from captionkit.errors import ImageLoadError
-    from captionkit.viz import attention_figure
+    from captionkit.infer.viz import attention_figure
 
     captioner = _load_captioner(args)
     files = _expand(args.images)
@@ -141,10 +141,10 @@ def cmd_caption(args: argparse.Namespace) -> None:
 def _load_captioner(args: argparse.Namespace):
     """A PyTorch captioner from a checkpoint, or an onnxruntime one from an export folder."""
     if args.runtime == "onnx":
-        from captionkit.onnx_runtime import load_onnx
+        from captionkit.infer.onnx_runtime import load_onnx
 
         return load_onnx(args.checkpoint)
-    from captionkit.api import load
+    from captionkit.infer.captioner import load
 
     return load(args.checkpoint, precision=args.precision)
 
@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from captionkit.export import export_onnx
+    from captionkit.infer.export import export_onnx
 
     out = export_onnx(args.checkpoint, args.out, opset=args.opset)
     print(f"wrote {out}: encoder.onnx, decoder_init.onnx, decoder_step.onnx "
@@ -202,7 +202,7 @@ def _add_serving(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from captionkit.evaluation import (
+    from captionkit.infer.evaluation import (
         DecodeSettings,
         evaluate_checkpoint,
         format_scores,
@@ -260,7 +260,7 @@ def _add_train(sub, encoders: str, decoders: str) -> None:
 
 
 def _add_data(sub, encoders: str) -> None:
-    from captionkit.download import list_downloadable
+    from captionkit.data.download import list_downloadable
 
     x = sub.add_parser("extract-features", help="cache a frozen encoder's grid features")
     x.add_argument("--config", help="YAML preset (its data and encoder sections are used)")

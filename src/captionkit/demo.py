@@ -6,13 +6,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from captionkit.api import Captioner
 from captionkit.config import Config
 from captionkit.data import by_split, load_records
 from captionkit.data.shapes import attention_hit_rate
-from captionkit.engine import fit
+from captionkit.infer.captioner import Captioner
+from captionkit.infer.viz import attention_figure
 from captionkit.metrics import corpus_bleu
-from captionkit.viz import attention_figure
+from captionkit.train.fit import fit
 
 
 def score_shapes(captioner: Captioner, records, batch_size: int = 64) -> tuple[dict, list]:

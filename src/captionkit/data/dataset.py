@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from captionkit.data.images import Preprocess, load_image
 from captionkit.data.records import CaptionRecord
+from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError, ImageLoadError
-from captionkit.vocab import Vocabulary
+from captionkit.progress import bar as progress_bar
 
 
 @dataclass
@@ -129,7 +129,7 @@ def partition_readable(records: list[CaptionRecord],
                        progress: bool = True) -> tuple[list[CaptionRecord], list[ImageLoadError]]:
     """Split records into those whose image decodes and the errors of those that do not."""
     good, bad = [], []
-    for r in tqdm(records, desc="checking images", disable=not progress, leave=False):
+    for r in progress_bar(records, "checking images", progress):
         try:
             load_image(r.image)
             good.append(r)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from captionkit.data.images import Preprocess, load_image
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import CaptionKitError, ImageLoadError
+from captionkit.progress import bar as progress_bar
 
 INDEX, FEATURES, DONE = "index.json", "features.f16", "done.u8"
 
@@ -159,7 +159,7 @@ def extract_features(records: list[CaptionRecord], encoder, out: str | Path,
     loader = DataLoader(_Images(records, todo, encoder.preprocess), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     with open(failed_path, "a") as log:
-        for idx, images, reasons in tqdm(loader, desc="extract", disable=not progress):
+        for idx, images, reasons in progress_bar(loader, "extract", progress, leave=True):
             f = run(images).half().cpu().numpy()  # (B, N, D)
             feats[idx.numpy()] = f
             feats.flush()  # features on disk before they are marked done

@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from captionkit.data.records import CaptionRecord
+from captionkit.data.vocab import tokenize
 from captionkit.errors import DatasetError
-from captionkit.vocab import tokenize
 
 IMAGE_SIZE = 96
 CELL = IMAGE_SIZE // 3

@@ -7,7 +7,7 @@ Every decoder implements:
 - ``init_state(feats) -> state``: a tuple of tensors whose first dimension is the batch.
 - ``step(feats, state, token) -> (logits, state, alpha)``: one generation step, (B, V) and (B, N).
 
-Decoding (captionkit.decoding) needs nothing else, whatever the decoder.
+Decoding (captionkit.infer.decoding) needs nothing else, whatever the decoder.
 """
 
 from __future__ import annotations

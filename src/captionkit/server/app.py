@@ -39,7 +39,7 @@ class ServeConfig:
 
 
 def create_app(captioner, cfg: ServeConfig | None = None, checkpoint: str = ""):
-    """The ASGI app serving ``captioner`` (a :class:`captionkit.api.Captioner` or anything with
+    """The ASGI app serving ``captioner`` (a :class:`captionkit.infer.captioner.Captioner` or anything with
     ``preprocess``, ``caption_pixels``, ``vocab``, ``cfg``, ``meta`` and ``grid``)."""
     cfg = cfg or ServeConfig()
 

@@ -1,0 +1,127 @@
+"""The epoch loop shared by every training stage: validation, checkpoints, resume points,
+early stopping and TensorBoard logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from captionkit.checkpoint import save_checkpoint
+from captionkit.config import Config
+from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.train.distributed import Dist, barrier, broadcast
+from captionkit.train.resume import Progress, save_resume
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_checkpoint: Path
+    best_metrics: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainLoop:
+    """Epochs of a stage's ``run`` with dev validation, checkpoints, resume points and early
+    stopping. Its only state is ``state`` (a :class:`~captionkit.train.resume.Progress`). ``net`` is
+    what trains (the model, or its DDP wrapper); only the main process writes files."""
+
+    cfg: Config
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+    fingerprint: dict
+    state: Progress
+    dist: Dist
+    net: torch.nn.Module
+    writer: object = field(default=None, repr=False)  # TensorBoard, opened on first use
+
+    def save_point(self, epoch: int, batch: int, step: int) -> None:
+        if not self.dist.main:
+            return
+        s = Progress(epoch, batch, step, self.state.best, self.state.best_epoch,
+                     self.state.history)
+        save_resume(self.run_dir, self.model, self.optimizer, s, self.fingerprint)
+
+    def run(self, run, loader, validate, vocab, t0: float) -> FitResult:
+        """Train epochs with ``run``; ``validate() -> (dev metrics, sample captions)`` runs on
+        the main process after each."""
+        cfg, st, every = self.cfg, self.state, self.cfg.train.checkpoint_every
+        for epoch in range(st.epoch, cfg.train.epochs + 1):
+            skip = st.batch if epoch == st.epoch else 0
+            loader.batch_sampler.position(epoch - 1, skip)
+
+            def on_step(step: int, done: int, epoch=epoch, skip=skip) -> None:
+                if every and step % every == 0:
+                    self.save_point(epoch, skip + done, step)
+            try:
+                losses, st.step = run(self.net, loader, self.optimizer, st.step, on_step)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{e}; training stopped. Last checkpoint before it: "
+                                         f"{self.last_saved()}", e.step) from None
+            metrics, samples = validate() if self.dist.main else (None, [])
+            metrics = broadcast(metrics, self.dist)
+            self.record(epoch, losses, metrics, vocab, round(time.perf_counter() - t0, 1))
+            self.log_board(losses, metrics, samples)
+            st.epoch, st.batch = epoch + 1, 0
+            self.save_point(st.epoch, 0, st.step)
+            barrier(self.dist)
+            if cfg.train.max_steps is not None and st.step >= cfg.train.max_steps:
+                break
+            if cfg.train.patience and epoch - st.best_epoch >= cfg.train.patience:
+                print(f"early stop: no better dev {cfg.train.select_metric} for "
+                      f"{cfg.train.patience} epoch(s)")
+                break
+        return FitResult(self.run_dir, self.run_dir / "best", st.best or {}, st.history,
+                         time.perf_counter() - t0)
+
+    def record(self, epoch: int, losses: dict, metrics: dict, vocab, seconds: float) -> None:
+        """Log the epoch (metrics.jsonl rewritten from the history), save last/best."""
+        cfg, st, key = self.cfg, self.state, self.cfg.train.select_metric
+        if key not in metrics:
+            raise CaptionKitError(f"train.select_metric {key!r} is not one of {list(metrics)}")
+        row = {"epoch": epoch, "step": st.step, **losses, **metrics, "seconds": seconds}
+        st.history.append(row)
+        better = st.best is None or metrics[key] > st.best[key]
+        if better:
+            st.best, st.best_epoch = metrics, epoch
+        if not self.dist.main:
+            return
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in st.history))
+        tmp.replace(self.run_dir / "metrics.jsonl")
+        print(f"epoch {epoch}: loss {losses['loss']:.3f}  dev BLEU-4 {metrics['BLEU-4']:.3f}  "
+              f"CIDEr-D {metrics['CIDEr-D']:.3f}  ({seconds:.0f}s)")
+        save_checkpoint(self.run_dir / "last", self.model, cfg, vocab, epoch, metrics)
+        if better:
+            save_checkpoint(self.run_dir / "best", self.model, cfg, vocab, epoch, metrics)
+
+    def last_saved(self) -> str:
+        pointer = self.run_dir / "resume.json"
+        if pointer.is_file():
+            return str(self.run_dir / json.loads(pointer.read_text())["folder"])
+        return "none (it happened before the first checkpoint)"
+
+    def log_board(self, losses: dict, metrics: dict, samples: list[str]) -> None:
+        """Loss, learning rate, dev metrics and sample captions to ``<run>/tensorboard``."""
+        if not self.dist.main:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        step = self.state.step
+        for k, v in losses.items():
+            self.writer.add_scalar(f"train/{k}", v, step)
+        self.writer.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), step)
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"dev/{k}", v, step)
+        if samples:
+            self.writer.add_text("dev/samples", "\n\n".join(samples), step)
+        self.writer.flush()

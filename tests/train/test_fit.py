@@ -1,0 +1,78 @@
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from captionkit.config import Config
+from captionkit.data import by_split, load_records
+from captionkit.data.dataset import ImageCaptionDataset, collate
+from captionkit.data.vocab import Vocabulary
+from captionkit.models.captioner import build_model
+from captionkit.train.fit import (
+    evaluate,
+    fit,
+    train_one_epoch,
+)
+from captionkit.train.optim import build_optimizer
+
+
+def test_collate_flattens_captions_per_image():
+    items = [(torch.zeros(3, 4, 4), [[1, 5, 2], [1, 6, 7, 2]], 0), (torch.ones(3, 4, 4), [[1, 2]], 3)]
+    b = collate(items)
+    assert b.images.shape == (2, 3, 4, 4) and b.tokens.shape == (3, 4)
+    assert b.image_index.tolist() == [0, 0, 1] and b.indices.tolist() == [0, 3]
+    assert b.tokens[2].tolist() == [1, 2, 0, 0]
+
+
+def test_training_lowers_the_loss(tiny_config):
+    torch.manual_seed(0)
+    cfg = tiny_config
+    records = load_records(cfg.data)
+    train = by_split(records, "train")
+    vocab = Vocabulary.build(c for r in train for c in r.captions)
+    model = build_model(cfg, len(vocab))
+    ds = ImageCaptionDataset(train, vocab, model.encoder.preprocess)
+    loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=collate)
+    opt = build_optimizer(model, cfg.train.__class__(lr=3e-3, encoder_lr=3e-3))
+    first, step = train_one_epoch(model, loader, opt, cfg.train, torch.device("cpu"), 0, 40,
+                                  progress=False)
+    for _ in range(8):
+        last, step = train_one_epoch(model, loader, opt, cfg.train, torch.device("cpu"), step, 40,
+                                     progress=False)
+    assert step == 36
+    assert last["loss"] < 0.75 * first["loss"]
+    metrics, hyps = evaluate(model, ds, vocab, torch.device("cpu"), max_len=8, progress=False)
+    assert set(metrics) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"}
+    assert len(hyps) == len(ds)
+
+
+def test_fit_writes_run_folder(tiny_config):
+    result = fit(tiny_config.override(["train.epochs=2"]), progress=False)
+    run = result.run_dir
+    assert (run / "config.yaml").is_file() and (run / "vocab.json").is_file()
+    assert (run / "best" / "model.safetensors").is_file() and (run / "last" / "meta.json").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and "BLEU-4" in rows[0]
+    assert Config.from_dict(json.loads((run / "best" / "meta.json").read_text())["config"]) \
+        == Config.from_dict(tiny_config.override(["train.epochs=2"]).to_dict())
+
+
+def test_fit_skips_unreadable_images_and_lists_them(tiny_config, tmp_path):
+    import shutil
+
+    root = tmp_path / "shapes_copy"
+    shutil.copytree(tiny_config.data.root, root)
+    records = load_records(tiny_config.data.__class__(**{**tiny_config.data.__dict__,
+                                                          "root": str(root)}))
+    victim = by_split(records, "train")[0].image
+    Path(victim).write_bytes(b"not a png")
+    cfg = tiny_config.override([f"data.root={root}", "train.max_steps=1"])
+    result = fit(cfg, progress=False)
+    report = (result.run_dir / "skipped_images.txt").read_text()
+    assert victim in report and len(report.splitlines()) == 1
+
+
+def test_max_steps_stops_early(tiny_config):
+    result = fit(tiny_config.override(["train.max_steps=2", "train.epochs=5"]), progress=False)
+    assert result.history[-1]["step"] == 2 and len(result.history) == 1
