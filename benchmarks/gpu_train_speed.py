@@ -104,7 +104,7 @@ def make_batches(s: Sizes, captions: int, count: int, seed: int, bucket: bool,
         items = [(torch.zeros(1), [], i) for i in range(images)]
         for j, c in enumerate(flat):
             items[j // s.per_image][1].append(c)
-        cb = collate(items)
+        cb = collate(items, "features")  # only its tokens are used
         feats = torch.randn(images, s.grid * s.grid, s.feat, generator=g)
         batches.append({"feats": feats.to(device), "tokens": cb.tokens.to(device),
                         "index": cb.image_index.to(device),

@@ -18,8 +18,9 @@ from torch.profiler import ProfilerActivity, profile
 from captionkit.config import load_config
 from captionkit.data.dataset import Batch
 from captionkit.models.captioner import build_model
-from captionkit.train.fit import train_one_epoch
+from captionkit.train.loop import train_one_epoch
 from captionkit.train.optim import build_optimizer
+from captionkit.train.stages import CrossEntropy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def batches(n: int, images: int, vocab: int, n_loc: int, dim: int) -> list[Batch
         for i, n_tok in enumerate(lengths.tolist()):
             tokens[i, :n_tok] = torch.randint(4, vocab, (n_tok,), generator=g)
             tokens[i, 0], tokens[i, n_tok - 1] = 1, 2
-        out.append(Batch(torch.randn(images, n_loc, dim, generator=g), tokens,
+        out.append(Batch(None, torch.randn(images, n_loc, dim, generator=g), tokens,
                          torch.arange(images).repeat_interleave(5), torch.arange(images)))
     return out
 
@@ -53,9 +54,10 @@ def main() -> None:
                    enc.out_dim)
     opt = build_optimizer(model, cfg.train)
     dev = torch.device("cpu")
-    train_one_epoch(model, data[:1], opt, cfg.train, dev, 0, 100, progress=False)  # warm-up
+    stage = CrossEntropy(model, opt, cfg.train, dev)
+    train_one_epoch(stage, data[:1], cfg.train, 0, 100, progress=False)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_one_epoch(model, data, opt, cfg.train, dev, 0, 100, progress=False)
+        train_one_epoch(stage, data, cfg.train, 0, 100, progress=False)
     print(f"{cfg.decoder.name} {cfg.decoder.hidden_dim}-d, amp={cfg.train.amp}, "
           f"{torch.get_num_threads()} threads, {args.steps} steps of {5 * cfg.train.batch_size}"
           " captions")

@@ -1,4 +1,4 @@
-"""The GPU benchmark runs end to end (tiny sizes, on the CPU), so a lent device's few minutes
+"""The benchmarks run end to end (tiny sizes, on the CPU), so a lent device's few minutes
 are never spent on a script that fails before its first row."""
 
 import os
@@ -12,9 +12,17 @@ VARIANTS = ["ref32", "ref16", "eager", "compiled", "graphed", "score", "kernel",
             "hoisted+k"]
 
 
-def test_gpu_train_speed_quick_prints_every_row_and_the_headline_figures():
+def _env() -> dict[str, str]:
     paths = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _figures(lines: list[str]) -> dict[str, str]:
+    return dict(line.split("=") for line in lines if re.fullmatch(r"\w+=(nan|[\d.]+)", line))
+
+
+def test_gpu_train_speed_quick_prints_every_row_and_the_headline_figures():
+    env = _env()
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_train_speed.py"), "--quick",
            "--steps", "2", "--repeats", "1", "--batches", "2", "--batch-sizes", "32",
            "--best", "64", "--variants", ",".join(VARIANTS), "--beam-images", "16"]
@@ -25,8 +33,27 @@ def test_gpu_train_speed_quick_prints_every_row_and_the_headline_figures():
     rows = [line for line in table if line.split()[0].isdigit()]
     assert len(rows) == len(VARIANTS) + 1  # one row a variant at batch 32, the best row
     assert rows[-1].split()[0] == "64" and "bucketed" in rows[-1]
-    figures = dict(line.split("=") for line in table if re.fullmatch(r"\w+=[\d.]+", line))
+    figures = _figures(table)
     assert list(figures) == ["best_captions_per_s", "b32_captions_per_s",
                              "coco_epoch_seconds", "beam3_images_per_s"]
     assert all(float(v) > 0 for v in figures.values())
     assert float(figures["b32_captions_per_s"]) <= float(figures["best_captions_per_s"])
+
+
+def test_train_speed_times_the_plain_baseline_and_ends_with_the_ratio():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--skip-extract",
+           "--train-steps", "1", "--repeats", "1", "--batch-sizes", "4",
+           "--extract-images", "64"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    rows = [line for line in lines if line.startswith("train ")]
+    assert any("plain PyTorch SAT loop (baseline), batch 4" in row for row in rows)
+    assert any("captionkit / plain" in row for row in rows)
+    assert not any(line.startswith("extract ") for line in lines)  # --skip-extract
+    figures = _figures(lines)
+    assert list(figures) == ["extract_images_per_s", "train_captions_per_s", "epoch_seconds",
+                             "train_speedup_vs_plain"]
+    assert lines[-1].startswith("train_speedup_vs_plain=")
+    assert figures.pop("extract_images_per_s") == "nan"
+    assert all(float(v) > 0 for v in figures.values())

@@ -4,14 +4,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from captionkit import cli
 from captionkit.cli import main
 from captionkit.data.shapes import read_shapes
-from captionkit.models.encoders import list_encoders
+from captionkit.models.decoders import list_decoders
+from captionkit.models.encoders import encoder_info, list_encoders
 
 
-def test_list_encoders(capsys):
+def test_list_encoders_prints_an_aligned_table_of_metadata(capsys):
     assert main(["list-encoders"]) == 0
-    assert capsys.readouterr().out.split() == list_encoders()
+    header, *rows = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert header.split() == ["name", "output", "dim", "grid", "input", "size", "weights"]
+    assert [r.split()[0] for r in rows] == list_encoders()
+    starts = [header.index(h) for h in ("output dim", "grid", "input size", "weights")]
+    for name, row in zip(list_encoders(), rows, strict=True):
+        info = encoder_info(name)
+        cells = [row[a:b].strip() for a, b in zip([0, *starts], [*starts, None], strict=True)]
+        assert cells == [name, str(info.out_dim), f"{info.grid[0]}x{info.grid[1]}",
+                         f"{info.input_size}px", info.weights]
+        assert all(row[i - 2 : i] == "  " and row[i] != " " for i in starts)  # columns line up
+    assert "torchvision IMAGENET1K_V1" in rows[list_encoders().index("densenet121")]
 
 
 def test_train_help_lists_encoders(capsys):
@@ -57,14 +71,42 @@ def test_bad_inputs_give_clear_errors(trained_checkpoint, tmp_path, capsys):
     assert "bad.jpg" in err and "Traceback" not in err
     assert main(["caption", str(bad), "--checkpoint", str(tmp_path / "none")]) == 2
     assert main(["train", "--set", "train.nope=1"]) == 2
-    assert main(["train", "--encoder", "nope", "--set", "train.max_steps=0"]) == 2
+    assert main(["train", "--encoder", "nope", "--set", "train.max_steps=1"]) == 2
     assert "unknown encoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "kind", "names"), [("--encoder", "encoder", list_encoders()),
+                                                     ("--decoder", "decoder", list_decoders())])
+def test_unknown_registry_name_exits_2_listing_the_choices(flag, kind, names, tmp_path, capsys):
+    code = main(["train", flag, "nope", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err == f"captionkit: error: unknown {kind} 'nope'; choose one of: {', '.join(names)}\n"
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_bad_config_value_exits_2_naming_the_field(capsys):
+    assert main(["train", "--set", "train.fast_path=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert "train.fast_path" in err and "auto, always, never" in err
+
+
+def test_an_internal_key_error_is_not_swallowed(monkeypatch):
+    def broken(args):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(cli, "cmd_list_decoders", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["list-decoders"])
 
 
 def test_console_script_module_entry():
     out = subprocess.run([sys.executable, "-m", "captionkit", "list-decoders"],
                          capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["gru", "lstm", "transformer"]
+    rows = out.stdout.splitlines()
+    assert rows[0].split()[0] == "name"
+    assert [r.split()[0] for r in rows[1:]] == ["gru", "lstm", "transformer"]
+    assert "hidden_dim, num_layers, num_heads" in rows[3]  # what the transformer reads
 
 
 def test_extract_features_then_train_from_cache(tiny_config, tmp_path, capsys):

@@ -1,12 +1,18 @@
-"""The two seed configurations from our users' starting point train from their presets."""
+"""Every preset in configs/ loads, validates, round-trips and names registered parts; the two seed
+configurations from our users' starting point train from their presets."""
 
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from captionkit.config import load_config
+from captionkit.config import Config, load_config
+from captionkit.data import DATASETS
+from captionkit.errors import UnknownNameError
+from captionkit.models.decoders import DECODERS
+from captionkit.models.encoders import ENCODERS
 from captionkit.train.fit import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,11 +44,38 @@ def test_seed_configuration_trains_a_few_steps(preset, tiny_csv, tmp_path):
     assert (result.best_checkpoint / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def test_the_presets_are_found():
+    assert "shapes_demo" in PRESETS and len(PRESETS) >= 6
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_loads_validates_and_round_trips(preset):
+    cfg = load_config(CONFIGS / f"{preset}.yaml")  # validated while it is built
+    assert isinstance(cfg, Config)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    raw = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
+    default = Config().to_dict()
+    for section, values in cfg.to_dict().items():  # the file's values, the defaults elsewhere
+        for key, value in values.items():
+            assert value == raw.get(section, {}).get(key, default[section][key]), (section, key)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads_and_names_registered_parts(preset):
     from captionkit.train.fit import check_names
 
-    check_names(load_config(CONFIGS / f"{preset}.yaml"))
+    cfg = load_config(CONFIGS / f"{preset}.yaml")
+    assert cfg.data.dataset in DATASETS
+    assert cfg.encoder.name in ENCODERS
+    assert cfg.decoder.name in DECODERS
+    assert check_names(cfg) is None  # what fit checks first passes...
+    with pytest.raises(UnknownNameError, match="unknown encoder 'nope'"):
+        check_names(cfg.override(["encoder.name=nope"]))  # ...and is not a no-op
+    if cfg.data.feature_cache is not None:  # fit trains from a cache only with a frozen encoder
+        assert not cfg.encoder.trainable and cfg.encoder.finetune_blocks == 0
 
 
 def test_transformer_preset_builds_and_steps():

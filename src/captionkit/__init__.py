@@ -3,11 +3,18 @@
 >>> import captionkit
 >>> captioner = captionkit.load("runs/demo/best")  # doctest: +SKIP
 >>> captioner.caption("photo.jpg").text  # doctest: +SKIP
+
+``import captionkit`` is cheap: torch and the models load on first use of ``load`` or of
+``Captioner``/``BaseCaptioner``/``CaptionResult``.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+_LAZY = {"BaseCaptioner": "captionkit.infer.captioner",
+         "Captioner": "captionkit.infer.captioner",
+         "CaptionResult": "captionkit.infer.captioner"}
 
 
 def load(path, device: str = "cpu", precision: str = "auto"):
@@ -32,4 +39,14 @@ def list_decoders() -> list[str]:
     return _list()
 
 
-__all__ = ["__version__", "list_decoders", "list_encoders", "load"]
+def __getattr__(name: str):
+    """The captioner classes, imported on first access (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'captionkit' has no attribute {name!r}")
+
+
+__all__ = ["BaseCaptioner", "CaptionResult", "Captioner", "__version__", "list_decoders",
+           "list_encoders", "load"]

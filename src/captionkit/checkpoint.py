@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from captionkit.config import Config
 from captionkit.data.vocab import Vocabulary
-from captionkit.errors import CaptionKitError, CheckpointError, ConfigError
+from captionkit.errors import CaptionKitError, CheckpointError, ConfigError, UnknownNameError
 from captionkit.models.captioner import CaptionModel, build_model
 
 WEIGHTS, META = "model.safetensors", "meta.json"
@@ -62,7 +62,11 @@ def load_checkpoint(path: str | Path,
         vocab = Vocabulary.from_dict(meta["vocab"])
     except (ConfigError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: inconsistent config or vocabulary ({e})") from None
-    model = build_model(cfg, len(vocab), pretrained=False)
+    try:
+        model = build_model(cfg, len(vocab), pretrained=False)
+    except UnknownNameError as e:
+        raise CheckpointError(f"{path}: {e} (the checkpoint was made with a captionkit that "
+                              "has it)") from None
     try:
         state = load_file(str(Path(path) / WEIGHTS), device=device)
     except (SafetensorError, OSError) as e:  # truncated or corrupted by a crash

@@ -228,13 +228,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/results.json and {args.out}/metrics.json")
 
 
-def cmd_list(kind: str) -> None:
-    from captionkit import list_decoders, list_encoders
+def cmd_list_encoders(args: argparse.Namespace) -> None:
+    """The registered encoders and their metadata as an aligned table (nothing is built)."""
+    from captionkit.models.encoders import encoder_info, list_encoders
 
-    print("\n".join(list_encoders() if kind == "encoders" else list_decoders()))
+    rows = [("name", "output dim", "grid", "input size", "weights")]
+    for name in list_encoders():
+        info = encoder_info(name)
+        rows.append((name, "?", "?", "?", "?") if info is None else (
+            name, str(info.out_dim), f"{info.grid[0]}x{info.grid[1]}", f"{info.input_size}px",
+            info.weights))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [row[-1]]))
+
+
+def cmd_list_decoders(args: argparse.Namespace) -> None:
+    """The registered decoders as a table: name, the decoder.* fields it reads, description."""
+    from captionkit.models.decoders import DECODERS
+
+    rows = [(n, ", ".join(DECODERS.info(n).get("fields", ())),
+             DECODERS.info(n).get("description", "")) for n in DECODERS.names()]
+    width = max(len(n) for n, _, _ in rows)
+    print(f"{'name':<{width}}  {'reads decoder.*':<44}  description")
+    for name, fields, text in rows:
+        print(f"{name:<{width}}  {fields:<44}  {text}")
 
 
 def _add_train(sub, encoders: str, decoders: str) -> None:
+    from captionkit.config import STAGES
+
     d = sub.add_parser("demo", help="train and score the built-in shapes dataset")
     d.add_argument("--config", help="YAML preset (default: the shapes demo defaults)")
     d.add_argument("--out", default="runs/demo")
@@ -251,7 +274,7 @@ def _add_train(sub, encoders: str, decoders: str) -> None:
     t.add_argument("--dataset", help="dataset reader name")
     t.add_argument("--data-dir", help="dataset folder")
     t.add_argument("--out", help="run folder")
-    t.add_argument("--stage", choices=["xe", "scst"], help="cross-entropy or self-critical")
+    t.add_argument("--stage", choices=STAGES, help="cross-entropy or self-critical")
     t.add_argument("--init", help="checkpoint to start from (needed by --stage scst)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run exactly from its last resume point")
@@ -322,22 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub, encoders)
     _add_inference(sub)
     _add_serving(sub)
-    sub.add_parser("list-encoders", help="registered encoders").set_defaults(
-        func=lambda a: cmd_list("encoders"))
+    sub.add_parser("list-encoders", help="registered encoders: output dim, grid, input size, "
+                   "weights").set_defaults(func=cmd_list_encoders)
     sub.add_parser("list-decoders", help="registered decoders").set_defaults(
-        func=lambda a: cmd_list("decoders"))
+        func=cmd_list_decoders)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; captionkit's own errors print one line and return 2 (bugs still raise)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except CaptionKitError as e:
         print(f"captionkit: error: {e}", file=sys.stderr)
-        return 2
-    except KeyError as e:  # unknown registry names
-        print(f"captionkit: error: {e.args[0]}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,11 +5,17 @@ in ``configs/`` override what differs.
 
 Presets live in ``configs/*.yaml``; ``--set section.key=value`` overrides any field; the resolved
 config is written into every run folder and checkpoint so a run can always be rebuilt.
+
+Every section validates itself when it is built (``__post_init__``), whichever way it is built:
+``load_config``, ``Config.from_dict``, ``Config.override``, ``dataclasses.replace`` or a direct
+``TrainConfig(...)``. A bad value raises a ``ConfigError`` naming the field (``train.stage``)
+and, for choice fields, the allowed values (the module-level tuples below).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -20,9 +26,21 @@ import yaml
 
 from captionkit.errors import ConfigError
 
+# The allowed values of every choice field (the training code imports them from here).
+STAGES = ("xe", "scst")
+FAST_PATHS = ("auto", "always", "never")
+LR_SCHEDULES = ("constant", "cosine", "step")
+SCST_BASELINES = ("greedy", "mean")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+SELECT_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")  # the validation metrics
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the captions and images come from, and how the vocabulary is built."""
+
     dataset: str = "shapes"  # a name in captionkit.data.DATASETS
     root: str = "runs/data/shapes"  # dataset folder (for shapes: where it is generated)
     num_train: int = 4000  # shapes only: images per split
@@ -34,18 +52,28 @@ class DataConfig:
     num_workers: int = 0  # image-decoding worker processes
     feature_cache: str | None = None  # frozen encoder: train from this feature cache folder
 
+    def __post_init__(self) -> None:
+        _at_least("data", self, min_freq=1, max_len=1, num_workers=0)
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """Which image encoder, with which weights, and how much of it trains."""
+
     name: str = "shapes_cnn"  # a name in captionkit.models.ENCODERS
     pretrained: bool = False  # load ImageNet weights (offline where the encoder allows)
     weights: str | None = None  # a local weights file (safetensors or state dict) instead
     trainable: bool = True  # False freezes the encoder...
     finetune_blocks: int = 0  # ...except its last N stages (trained at train.encoder_lr)
 
+    def __post_init__(self) -> None:
+        _at_least("encoder", self, finetune_blocks=0)
+
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    """Which caption decoder, and its sizes."""
+
     name: str = "lstm"  # a name in captionkit.models.DECODERS
     embed_dim: int = 64
     hidden_dim: int = 256
@@ -54,9 +82,17 @@ class DecoderConfig:
     num_layers: int = 2  # transformer decoder blocks (the RNN decoders have one layer)
     num_heads: int = 4  # transformer attention heads
 
+    def __post_init__(self) -> None:
+        _at_least("decoder", self, embed_dim=1, hidden_dim=1, attention_dim=1, num_layers=1,
+                  num_heads=1)
+        if not 0 <= _number("decoder.dropout", self.dropout) < 1:
+            raise ConfigError(f"decoder.dropout must be in [0, 1), got {self.dropout!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How to train: optimiser, schedule, stage (xe or scst), device and fast step."""
+
     epochs: int = 8
     batch_size: int = 32  # images per batch; each contributes all of its captions
     lr: float = 1e-3
@@ -64,10 +100,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     alpha_c: float = 0.1  # doubly stochastic attention penalty weight
-    lr_schedule: str = "cosine"  # constant | cosine
+    lr_schedule: str = "cosine"  # constant | cosine | step
     warmup_steps: int = 0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     out_dir: str = "runs/train"
     max_steps: int | None = None  # stop early (smoke tests)
     amp: bool = False  # bf16 autocast (CUDA, or CPUs with native bf16 such as AVX512-BF16)
@@ -86,13 +122,38 @@ class TrainConfig:
     fast_hoist_images: int = 0  # fast step: context product out of the recurrence at <= N images
     fast_compile_mode: str = "default"  # fast step on CUDA: default | max-autotune-no-cudagraphs
 
+    def __post_init__(self) -> None:
+        _one_of("train", self, stage=STAGES, fast_path=FAST_PATHS, lr_schedule=LR_SCHEDULES,
+                scst_baseline=SCST_BASELINES, fast_compile_mode=COMPILE_MODES,
+                select_metric=SELECT_METRICS)
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"unknown train.device {self.device!r}; choose one of: "
+                              "auto, cpu, cuda, cuda:N, mps")
+        _at_least("train", self, epochs=1, batch_size=1, encoder_lr=0, weight_decay=0,
+                  grad_clip=0, alpha_c=0, warmup_steps=0, eval_max_len=1, patience=0,
+                  scst_samples=1, scst_xe_weight=0, checkpoint_every=0, bucket_pool=0,
+                  fast_hoist_images=0)
+        if not _number("train.lr", self.lr) > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr!r}")
+        if self.max_steps is not None:
+            _at_least("train", self, max_steps=1)
+
 
 @dataclass(frozen=True)
 class Config:
+    """One run's whole configuration; every section checks its fields when it is built."""
+
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in (("data", DataConfig), ("encoder", EncoderConfig),
+                          ("decoder", DecoderConfig), ("train", TrainConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name} must be a {cls.__name__}, "
+                                  f"got {type(getattr(self, name)).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +222,30 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
     return cls(**kwargs)
+
+
+def _one_of(section: str, obj: Any, **allowed: tuple[str, ...]) -> None:
+    """Each named field of ``obj`` must be one of its allowed values."""
+    for name, choices in allowed.items():
+        value = getattr(obj, name)
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"unknown {section}.{name} {value!r}; choose one of: "
+                              f"{', '.join(choices)}")
+
+
+def _at_least(section: str, obj: Any, **lowest: float) -> None:
+    """Each named numeric field of ``obj`` must be >= its lowest value."""
+    for name, low in lowest.items():
+        value = _number(f"{section}.{name}", getattr(obj, name))
+        if not value >= low:  # NaN fails too
+            raise ConfigError(f"{section}.{name} must be >= {low}, got {value!r}")
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` itself when it is an int or float (not a bool), else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return value
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:

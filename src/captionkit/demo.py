@@ -9,13 +9,13 @@ from pathlib import Path
 from captionkit.config import Config
 from captionkit.data import by_split, load_records
 from captionkit.data.shapes import attention_hit_rate
-from captionkit.infer.captioner import Captioner
+from captionkit.infer.captioner import BaseCaptioner, Captioner
 from captionkit.infer.viz import attention_figure
 from captionkit.metrics import corpus_bleu
 from captionkit.train.fit import fit
 
 
-def score_shapes(captioner: Captioner, records, batch_size: int = 64) -> tuple[dict, list]:
+def score_shapes(captioner: BaseCaptioner, records, batch_size: int = 64) -> tuple[dict, list]:
     """BLEU and the attention hit rate of a captioner on shapes records."""
     refs, hyps, results = {}, {}, []
     hits = total = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class CaptionKitError(Exception):
     """Base class for every error captionkit raises on purpose."""
@@ -34,6 +36,19 @@ class CheckpointError(CaptionKitError):
 
 class ConfigError(CaptionKitError):
     """A config file or override is invalid."""
+
+
+class UnknownNameError(CaptionKitError):
+    """A registry has no entry called ``name``; the message lists the registered ``choices``."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.choices = tuple(choices)
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}")
+
+    def __reduce__(self):  # picklable across processes despite the custom signature
+        return type(self), (self.kind, self.name, self.choices)
 
 
 class NonFiniteLossError(CaptionKitError):

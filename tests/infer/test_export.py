@@ -16,7 +16,7 @@ from captionkit.config import Config
 from captionkit.data.shapes import read_shapes
 from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError
-from captionkit.infer.captioner import Captioner
+from captionkit.infer.captioner import BaseCaptioner, Captioner
 from captionkit.infer.export import GRAPHS, MANIFEST, export_onnx, file_sha256
 from captionkit.infer.onnx_runtime import OnnxCaptioner, load_onnx
 from captionkit.models.captioner import build_model
@@ -74,6 +74,8 @@ def test_onnxruntime_captions_match_torch(exported, shapes_root):
     torch_cap = Captioner.from_checkpoint(ckpt, precision="fp32")
     onnx_cap = load_onnx(folder)
     assert isinstance(onnx_cap, OnnxCaptioner) and onnx_cap.model is None
+    assert isinstance(onnx_cap, BaseCaptioner) and isinstance(torch_cap, BaseCaptioner)
+    assert (onnx_cap.device, onnx_cap.dtype) == (torch_cap.device, torch_cap.dtype)
     assert onnx_cap.grid == torch_cap.grid and onnx_cap.vocab.itos == torch_cap.vocab.itos
     assert onnx_cap.meta["config"] == torch_cap.meta["config"]
     assert onnx_cap.preprocess == torch_cap.preprocess

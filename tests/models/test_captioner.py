@@ -32,7 +32,7 @@ def test_encoder_decoder_pair_trains(encoder, decoder):
     images = torch.randn(2, 3, size, size)
     tokens = torch.randint(0, 9, (3, 5))
     index = torch.tensor([0, 0, 1])  # two captions for image 0, one for image 1
-    logits, alphas = model(images, tokens, index)
+    logits, alphas = model(tokens, index, pixels=images)
     assert logits.shape[:2] == (3, 5) and logits.shape[2] == 9
     assert alphas.shape[:2] == (3, 5) and torch.isfinite(logits).all()
     logits.logsumexp(-1).mean().backward()

@@ -1,8 +1,18 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from captionkit.config import DecoderConfig
-from captionkit.models.decoders import DECODERS, build_decoder, list_decoders
+from captionkit.errors import UnknownNameError
+from captionkit.models.decoders import (
+    DECODERS,
+    AttentionRNNDecoder,
+    build_decoder,
+    fast_path_declared,
+    gru_update,
+    list_decoders,
+    lstm_update,
+)
 
 CFG = DecoderConfig(embed_dim=8, hidden_dim=16, attention_dim=12, dropout=0.0)
 
@@ -39,7 +49,7 @@ def test_step_reproduces_teacher_forcing(name):
 
 def test_registry_names_and_unknown():
     assert {"lstm", "gru"} <= set(list_decoders())
-    with pytest.raises(KeyError, match="lstm"):
+    with pytest.raises(UnknownNameError, match="lstm"):
         DECODERS.get("nope")
     with pytest.raises(ValueError):
         DECODERS.register("lstm")(lambda *a: None)
@@ -58,3 +68,29 @@ def test_padding_and_image_index_do_not_change_real_positions():
         assert torch.allclose(logits[row, :n], alone[0], atol=1e-5)
         assert torch.allclose(alphas[row, :n], a_alone[0], atol=1e-6)
         assert torch.all(alphas[row, n:] == 0)
+
+
+@pytest.mark.parametrize("cell,update", [(torch.nn.LSTMCell, lstm_update),
+                                         (torch.nn.GRUCell, gru_update)])
+def test_the_gate_maths_is_the_torch_cell_to_the_bit(cell, update):
+    """The decoders' one definition of the gates (also run by the GPU fast path) computes what
+    nn.LSTMCell / nn.GRUCell compute, bit for bit at the sizes trained here (hidden sizes that
+    fill the CPU's vector lanes; a 16-wide GRU differs in the last bit), so checkpoints and
+    numbers are unchanged."""
+    torch.manual_seed(0)
+    m = cell(12, 256)
+    x, h, c = torch.randn(5, 12), torch.randn(5, 256), torch.randn(5, 256)
+    xg, hg = F.linear(x, m.weight_ih, m.bias_ih), F.linear(h, m.weight_hh, m.bias_hh)
+    got = update(xg, hg, h, c)
+    want = m(x, (h, c)) if cell is torch.nn.LSTMCell else (m(x, h), c)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_fast_path_declarations_are_per_class():
+    assert fast_path_declared(build_decoder(DecoderConfig(name="lstm"), 11, 6))
+    assert fast_path_declared(build_decoder(DecoderConfig(name="gru"), 11, 6))
+    assert not fast_path_declared(build_decoder(DecoderConfig(name="transformer"), 11, 6))
+
+    class Variant(AttentionRNNDecoder):
+        pass
+    assert not fast_path_declared(Variant(11, 6, CFG))  # inherited, not declared

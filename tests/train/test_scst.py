@@ -62,6 +62,18 @@ def test_scst_stage_needs_a_matching_init(trained_checkpoint, tiny_config):
                                   "train.scst_xe_weight=-0.1"]), progress=False)
 
 
+def test_scst_init_compares_only_the_fields_the_decoder_reads(trained_checkpoint, tiny_config):
+    """The LSTM checkpoint has no heads or layers: transformer-only fields differing (even a
+    head count the transformer would refuse) neither block the init nor get checked."""
+    cfg = tiny_config.override(["train.stage=scst", f"train.init={trained_checkpoint}",
+                                "train.scst_samples=2", "train.max_steps=1",
+                                "decoder.num_heads=3", "decoder.num_layers=5"])
+    assert fit(cfg, progress=False).history[0]["step"] == 1
+    with pytest.raises(CaptionKitError, match="divisible by decoder.num_heads"):
+        fit(tiny_config.override(["decoder.name=transformer", "decoder.num_heads=3"]),
+            progress=False)
+
+
 def test_eos_rewards_penalise_a_caption_cut_off_mid_phrase():
     refs = {"x": ["a dog runs on the beach", "a dog is running on the sand"],
             "y": ["a man rides a red bike"], "z": ["two girls play in the park"]}

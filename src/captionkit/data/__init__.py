@@ -1,4 +1,6 @@
-"""Datasets: readers by name, all producing :class:`CaptionRecord` lists."""
+"""Data: dataset readers by name (all producing :class:`CaptionRecord` lists), the
+vocabulary, images and preprocessing, torch datasets and batches, feature caches and dataset
+downloads."""
 
 from __future__ import annotations
 

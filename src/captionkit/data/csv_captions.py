@@ -41,7 +41,28 @@ def read_csv(
         raise DatasetError("caption CSV not found", str(path))
 
     rows = _rows(path)
-    header = [name.strip().lower() for name in next(rows, (1, []))[1]]
+    col = _columns(next(rows, (1, []))[1], path)
+    captions, splits = _group_rows(rows, col, path)
+    if not captions:
+        raise DatasetError("no caption rows", str(path))
+
+    if "split" in col:
+        split_of = {image: split for image, (split, _) in splits.items()}
+    else:
+        split_of = _seeded_split(list(captions), seed, fractions)
+    base = path.parent
+    records = [
+        CaptionRecord(str(base / image), tuple(caps), split_of[image], image)
+        for image, caps in captions.items()
+    ]
+    records.sort(key=lambda r: SPLITS.index(r.split))
+    check_images_exist(records, path)
+    return records
+
+
+def _columns(header_row: list[str], path: Path) -> dict[str, int]:
+    """Column name -> index from the header row (image and caption required, split optional)."""
+    header = [name.strip().lower() for name in header_row]
     missing_cols = [col for col in ("image", "caption") if col not in header]
     if missing_cols:
         raise DatasetError(
@@ -49,10 +70,15 @@ def read_csv(
             str(path),
             1,
         )
-    col = {name: header.index(name) for name in ("image", "caption", "split") if name in header}
+    return {name: header.index(name) for name in ("image", "caption", "split") if name in header}
 
-    captions: dict[str, list[str]] = {}  # image as written -> captions, first-appearance order
-    splits: dict[str, tuple[str, int]] = {}  # image -> (split, line that set it)
+
+def _group_rows(rows, col: dict[str, int], path: Path
+                ) -> tuple[dict[str, list[str]], dict[str, tuple[str, int]]]:
+    """Captions per image as written, in first-appearance order, and each image's split with
+    the line that set it (when the CSV has a split column)."""
+    captions: dict[str, list[str]] = {}
+    splits: dict[str, tuple[str, int]] = {}
     for line, row in rows:
         if not any(cell.strip() for cell in row):
             continue
@@ -77,21 +103,7 @@ def read_csv(
                     str(path),
                     line,
                 )
-    if not captions:
-        raise DatasetError("no caption rows", str(path))
-
-    if "split" in col:
-        split_of = {image: split for image, (split, _) in splits.items()}
-    else:
-        split_of = _seeded_split(list(captions), seed, fractions)
-    base = path.parent
-    records = [
-        CaptionRecord(str(base / image), tuple(caps), split_of[image], image)
-        for image, caps in captions.items()
-    ]
-    records.sort(key=lambda r: SPLITS.index(r.split))
-    check_images_exist(records, path)
-    return records
+    return captions, splits
 
 
 def _read_text(path: Path) -> str:

@@ -15,20 +15,40 @@ from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError, ImageLoadError
 from captionkit.progress import bar as progress_bar
 
+HOLDS = ("pixels", "features")  # what a dataset's items (and so its batches) carry
+
 
 @dataclass
 class Batch:
-    images: Tensor  # (B, 3, H, W) pixels, or (B, N, D) cached features
+    """A collated batch. Exactly one of ``pixels`` (images to encode) and ``features`` (a
+    feature cache's grid features) is set, as its dataset's ``holds`` says."""
+
+    pixels: Tensor | None  # (B, 3, H, W) preprocessed images
+    features: Tensor | None  # (B, N, D) cached grid features
     tokens: Tensor  # (C, T) captions with <start> ... <end>, padded
     image_index: Tensor  # (C,) which image each caption belongs to
     indices: Tensor  # (B,) record index of each image
 
+    @property
+    def num_images(self) -> int:
+        return len(self.indices)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        """The batch with every tensor on ``device``."""
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+        return Batch(move(self.pixels), move(self.features), move(self.tokens),
+                     move(self.image_index), self.indices)
+
 
 class ImageCaptionDataset(Dataset):
-    """Item i = (image tensor, all encoded captions of record i, i).
+    """Item i = (image tensor, all encoded captions of record i, i); ``collate`` makes batches
+    whose ``pixels`` are set.
 
     Captions in which no word is in the vocabulary are dropped and counted in ``dropped``.
     """
+
+    holds = "pixels"
 
     def __init__(self, records: list[CaptionRecord], vocab: Vocabulary,
                  preprocess: Preprocess | None) -> None:
@@ -46,9 +66,15 @@ class ImageCaptionDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, list[list[int]], int]:
         return self.preprocess(load_image(self.records[i].image)), self.captions[i], i
 
+    def collate(self, items: list[tuple[Tensor, list[list[int]], int]]) -> Batch:
+        """A DataLoader's ``collate_fn`` for this dataset (batches say what they hold)."""
+        return collate(items, self.holds)
+
 
 class FeatureCaptionDataset(ImageCaptionDataset):
     """Like :class:`ImageCaptionDataset`, but item i carries cached grid features (N, D)."""
+
+    holds = "features"
 
     def __init__(self, records: list[CaptionRecord], vocab: Vocabulary, store) -> None:
         super().__init__(records, vocab, preprocess=None)
@@ -112,9 +138,13 @@ class LengthBucketSampler(Sampler[list[int]]):
         return iter(batches)
 
 
-def collate(items: list[tuple[Tensor, list[list[int]], int]], pad_id: int = 0) -> Batch:
-    """Stack images; flatten every image's captions into one padded (C, T) tensor."""
-    images = torch.stack([img for img, _, _ in items])  # (B, 3, H, W)
+def collate(items: list[tuple[Tensor, list[list[int]], int]], holds: str,
+            pad_id: int = 0) -> Batch:
+    """Stack the items' images (``holds``: ``pixels`` or ``features``, what they are); flatten
+    every image's captions into one padded (C, T) tensor."""
+    if holds not in HOLDS:
+        raise ValueError(f"holds must be one of {HOLDS}, not {holds!r}")
+    images = torch.stack([img for img, _, _ in items])  # (B, 3, H, W) or (B, N, D)
     caps = [(b, c) for b, (_, cs, _) in enumerate(items) for c in cs]
     T = max((len(c) for _, c in caps), default=2)
     tokens = torch.full((len(caps), T), pad_id, dtype=torch.long)  # (C, T)
@@ -122,7 +152,29 @@ def collate(items: list[tuple[Tensor, list[list[int]], int]], pad_id: int = 0) -
         tokens[row, : len(c)] = torch.tensor(c)
     image_index = torch.tensor([b for b, _ in caps], dtype=torch.long)
     indices = torch.tensor([i for _, _, i in items], dtype=torch.long)
-    return Batch(images, tokens, image_index, indices)
+    pixels, features = (images, None) if holds == "pixels" else (None, images)
+    return Batch(pixels, features, tokens, image_index, indices)
+
+
+def caption_dataset(records: list[CaptionRecord], vocab: Vocabulary, preprocess: Preprocess,
+                    store=None) -> ImageCaptionDataset:
+    """The dataset of ``records``: cached features from ``store`` (a
+    :class:`~captionkit.data.features.FeatureStore`) when given, else images preprocessed
+    with ``preprocess``. Pass only usable records (:func:`usable_records`)."""
+    if store is not None:
+        return FeatureCaptionDataset(records, vocab, store)
+    return ImageCaptionDataset(records, vocab, preprocess)
+
+
+def usable_records(records: list[CaptionRecord], store=None, progress: bool = True
+                   ) -> tuple[list[CaptionRecord], list[ImageLoadError]]:
+    """Split records into those a dataset can read (in ``store`` when given, else whose image
+    decodes) and the errors of the others."""
+    if store is None:
+        return partition_readable(records, progress)
+    missing = [ImageLoadError(r.image, "not in the feature cache") for r in records
+               if r.image_id not in store]
+    return [r for r in records if r.image_id in store], missing
 
 
 def partition_readable(records: list[CaptionRecord],

@@ -1,7 +1,15 @@
-"""The Python API: ``captionkit.load(checkpoint).caption("photo.jpg")``."""
+"""The Python API: ``captionkit.load(checkpoint).caption("photo.jpg")``.
+
+:class:`BaseCaptioner` is the one captioner contract: it owns captioning (``caption``,
+``caption_batch``, ``caption_pixels``) and result packaging, and its subclasses supply only
+``encode`` (pixels -> grid features). :class:`Captioner` runs a PyTorch checkpoint;
+:class:`captionkit.infer.onnx_runtime.OnnxCaptioner` runs an ONNX export in onnxruntime. The
+server and the CLI take either.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +18,10 @@ import torch
 from PIL import Image
 
 from captionkit.checkpoint import load_checkpoint
+from captionkit.config import Config
 from captionkit.data.features import fast_inference
-from captionkit.data.images import load_image
+from captionkit.data.images import Preprocess, load_image
+from captionkit.data.vocab import Vocabulary
 from captionkit.infer.decoding import beam_search
 from captionkit.models.precision import inference_decoder
 from captionkit.models.precision import resolve as resolve_precision
@@ -29,39 +39,32 @@ class CaptionResult:
     image: Image.Image | None = None
 
 
-class Captioner:
-    """A trained model ready to caption images: wraps model, config and vocabulary."""
+class BaseCaptioner(ABC):
+    """Captions images with any encoder and any decoder behind the decoder contract
+    (``init_state``/``step``, see :mod:`captionkit.models.decoders`).
 
-    def __init__(self, model, cfg, vocab, meta: dict, device: str = "cpu",
-                 fast: bool = True, precision: str = "auto") -> None:
-        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic; ``auto`` is
-        bf16 where the hardware computes bf16 natively (about 5x faster beam search on such
-        CPUs, same captions for most images), else fp32."""
-        self.model, self.cfg, self.vocab, self.meta = model, cfg, vocab, meta
+    Attributes: ``decoder`` (driven by :func:`captionkit.infer.decoding.beam_search`),
+    ``vocab``, ``cfg``, ``meta`` (the checkpoint's metadata), ``preprocess`` (PIL image ->
+    (3, S, S)), ``grid`` (the encoder's (h, w)), ``device`` and ``dtype`` (what the decoder
+    computes in). Subclasses implement :meth:`encode`.
+    """
+
+    def __init__(self, decoder, vocab: Vocabulary, cfg: Config, meta: dict,
+                 preprocess: Preprocess, grid: tuple[int, int], device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.decoder, self.vocab, self.cfg, self.meta = decoder, vocab, cfg, meta
+        self.preprocess = preprocess
+        self.grid = tuple(grid)
         self.device = torch.device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        self.decoder = inference_decoder(model.decoder, self.dtype)
-        self.preprocess = model.encoder.preprocess
-        self.grid = tuple(model.encoder.grid)
-        self.fast = fast and self.device.type == "cpu"
-        self._traced: dict[int, object] = {}
+        self.dtype = dtype
 
+    @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, H, W) -> grid features (B, N, D). On CPU through a frozen,
-        channels-last trace of the encoder (built on first use for each power-of-two batch
-        size; see :func:`captionkit.data.features.fast_inference`)."""
-        if not self.fast:
-            return self.model.encode(x)
-        size = 1 << (x.size(0) - 1).bit_length()
-        if size not in self._traced:
-            self._traced[size] = fast_inference(self.model.encoder, size, str(self.device))
-        return self._traced[size](x)  # (B, N, D)
+        """Pixels (B, 3, S, S) on ``self.device`` -> grid features (B, N, D), N = h * w."""
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu",
-                        precision: str = "auto") -> Captioner:
-        model, cfg, vocab, meta = load_checkpoint(path, device)
-        return cls(model, cfg, vocab, meta, device, precision=precision)
+    def caption(self, image, beam_size: int = 1, max_len: int | None = None) -> CaptionResult:
+        """Caption one image (a path or a PIL image): text plus per-word attention maps."""
+        return self.caption_batch([image], beam_size, max_len)[0]
 
     def caption_batch(self, images: list, beam_size: int = 1, max_len: int | None = None,
                       length_penalty: float = 0.0,
@@ -95,9 +98,39 @@ class Captioner:
         alts = [(self.vocab.decode(h.tokens), h.score) for h in beams]
         return CaptionResult(" ".join(words), words, best.score, att, alts)
 
-    def caption(self, image, beam_size: int = 1, max_len: int | None = None) -> CaptionResult:
-        """Caption one image (a path or a PIL image): text plus per-word attention maps."""
-        return self.caption_batch([image], beam_size, max_len)[0]
+
+class Captioner(BaseCaptioner):
+    """A trained PyTorch model ready to caption images: wraps model, config and vocabulary."""
+
+    def __init__(self, model, cfg: Config, vocab: Vocabulary, meta: dict, device: str = "cpu",
+                 fast: bool = True, precision: str = "auto") -> None:
+        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic; ``auto`` is
+        bf16 where the hardware computes bf16 natively (about 5x faster beam search on such
+        CPUs, same captions for most images), else fp32."""
+        device = torch.device(device)
+        dtype = resolve_precision(precision, device)
+        super().__init__(inference_decoder(model.decoder, dtype), vocab, cfg, meta,
+                         model.encoder.preprocess, model.encoder.grid, device, dtype)
+        self.model = model
+        self.fast = fast and self.device.type == "cpu"
+        self._traced: dict[int, object] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu",
+                        precision: str = "auto") -> Captioner:
+        model, cfg, vocab, meta = load_checkpoint(path, device)
+        return cls(model, cfg, vocab, meta, device, precision=precision)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> grid features (B, N, D). On CPU through a frozen,
+        channels-last trace of the encoder (built on first use for each power-of-two batch
+        size; see :func:`captionkit.data.features.fast_inference`)."""
+        if not self.fast:
+            return self.model.encode(x)
+        size = 1 << (x.size(0) - 1).bit_length()
+        if size not in self._traced:
+            self._traced[size] = fast_inference(self.model.encoder, size, str(self.device))
+        return self._traced[size](x)  # (B, N, D)
 
 
 def load(path: str | Path, device: str = "cpu", precision: str = "auto") -> Captioner:

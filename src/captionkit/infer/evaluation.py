@@ -15,12 +15,7 @@ from torch.utils.data import DataLoader
 
 from captionkit.checkpoint import load_checkpoint
 from captionkit.data import by_split, load_records
-from captionkit.data.dataset import (
-    FeatureCaptionDataset,
-    ImageCaptionDataset,
-    collate,
-    partition_readable,
-)
+from captionkit.data.dataset import ImageCaptionDataset, caption_dataset, usable_records
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError
@@ -45,8 +40,8 @@ def generate(model: CaptionModel, loader: DataLoader, vocab: Vocabulary, device:
     decoder = inference_decoder(model.decoder, dtype)
     out: dict[int, Hypothesis] = {}
     for batch in progress_bar(loader, "caption", progress):
-        x = batch.images.to(device)
-        feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
+        b = batch.to(device)
+        feats = model.grid_features(b.pixels, b.features)  # (B, N, D)
         beams = beam_search(decoder, feats.to(dtype), start_id=vocab.start_id,
                             end_id=vocab.end_id,
                             beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
@@ -59,7 +54,8 @@ def evaluate(model: CaptionModel, dataset: ImageCaptionDataset, vocab: Vocabular
              device: torch.device, batch_size: int = 32, max_len: int = 20,
              progress: bool = True) -> tuple[dict[str, float], dict[int, Hypothesis]]:
     """Caption every image of ``dataset`` greedily; BLEU-1..4 and CIDEr-D on its references."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=dataset.collate)
     hyps = generate(model, loader, vocab, device, max_len, progress)
     refs = {str(i): list(dataset.records[i].captions) for i in hyps}
     res = {str(i): vocab.decode(h.tokens) for i, h in hyps.items()}
@@ -87,13 +83,10 @@ def split_dataset(model, cfg, vocab, split: str, feature_cache: str | None,
     if not records:
         raise CaptionKitError(f"{cfg.data.root}: the {split!r} split of {cfg.data.dataset!r} "
                               "has no images")
-    if feature_cache is not None:
-        store = FeatureStore(feature_cache, encoder_key(model.encoder))
-        kept = [r for r in records if r.image_id in store]
-        left = [r.image for r in records if r.image_id not in store]
-        return FeatureCaptionDataset(kept, vocab, store), left
-    kept, bad = partition_readable(records, progress)
-    return ImageCaptionDataset(kept, vocab, model.encoder.preprocess), [e.path for e in bad]
+    store = (None if feature_cache is None
+             else FeatureStore(feature_cache, encoder_key(model.encoder)))
+    kept, bad = usable_records(records, store, progress)
+    return caption_dataset(kept, vocab, model.encoder.preprocess, store), [e.path for e in bad]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
@@ -116,7 +109,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
     if left_out:
         print(f"{len(left_out)} image(s) left out (unreadable or not in the cache), "
               f"e.g. {left_out[0]}")
-    loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False,
+                        collate_fn=ds.collate)
     hyps = generate(model, loader, vocab, torch.device(device),
                     settings.max_len or vocab.max_len, progress, settings.beam,
                     settings.length_penalty, settings.no_repeat_ngram,

@@ -1,9 +1,11 @@
-"""Captioning with onnxruntime alone, from a folder written by :func:`captionkit.infer.export.export_onnx`.
+"""Captioning with onnxruntime alone, from a folder written by
+:func:`captionkit.infer.export.export_onnx`.
 
 :class:`OnnxDecoder` gives the two decoder graphs the decoder contract (``init_state``/``step``
 on torch CPU tensors), so :func:`captionkit.infer.decoding.beam_search` drives them unchanged;
-:class:`OnnxCaptioner` is a :class:`captionkit.infer.captioner.Captioner` whose encoder and decoder run in
-onnxruntime: same ``caption``/``caption_batch``/``caption_pixels``, same results.
+:class:`OnnxCaptioner` is a :class:`captionkit.infer.captioner.BaseCaptioner` whose encoder and
+decoder run in onnxruntime: same ``caption``/``caption_batch``/``caption_pixels`` as the PyTorch
+:class:`captionkit.infer.captioner.Captioner`, same results.
 
 Every graph's SHA-256 is checked against the manifest before onnxruntime sees its bytes.
 """
@@ -22,7 +24,7 @@ from captionkit.config import Config
 from captionkit.data.images import Preprocess
 from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CheckpointError
-from captionkit.infer.captioner import Captioner
+from captionkit.infer.captioner import BaseCaptioner
 from captionkit.infer.export import FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST
 
 State = tuple[Tensor, ...]
@@ -56,7 +58,8 @@ class OnnxDecoder:
         return tuple(_torch(*outs))
 
     def step(self, feats: Tensor, state: State, token: Tensor) -> tuple[Tensor, State, Tensor]:
-        """One generation step from the previous token (B,) -> logits (B, V), state, alpha (B, N)."""
+        """One generation step from the previous token (B,) -> logits (B, V), state,
+        alpha (B, N)."""
         feed = {name: _np(s) for name, s in zip(self.state_names, state, strict=True)}
         feed["token"] = _np(token.long())  # (B,)
         if self._wants_feats:  # the transformer reads the image only through its state
@@ -113,11 +116,13 @@ def _session(folder: Path, entry: dict, threads: int):
                               ) from None
 
 
-class OnnxCaptioner(Captioner):
-    """A :class:`captionkit.infer.captioner.Captioner` whose encoder and decoder run in onnxruntime (CPU).
+class OnnxCaptioner(BaseCaptioner):
+    """A :class:`captionkit.infer.captioner.BaseCaptioner` whose encoder and decoder run in
+    onnxruntime (CPU, fp32).
 
-    Same public surface: ``caption``, ``caption_batch``, ``caption_pixels``, ``vocab``,
-    ``meta``, ``cfg``, ``grid``, ``preprocess``; ``model`` is None (there are no torch weights).
+    Same public surface as the PyTorch :class:`captionkit.infer.captioner.Captioner`:
+    ``caption``, ``caption_batch``, ``caption_pixels``, ``encode``, ``vocab``, ``meta``,
+    ``cfg``, ``grid``, ``preprocess``; ``model`` is None (there are no torch weights).
     """
 
     def __init__(self, folder: str | Path, threads: int = 2) -> None:
@@ -125,18 +130,16 @@ class OnnxCaptioner(Captioner):
         folder = Path(folder)
         manifest = read_manifest(folder)
         sessions = {key: _session(folder, manifest["files"][key], threads) for key in GRAPHS}
+        meta, pre, state = manifest["meta"], manifest["preprocess"], manifest["state"]
+        decoder = OnnxDecoder(sessions["decoder_init"], sessions["decoder_step"],
+                              state["names"], state["new_names"])
+        super().__init__(decoder, Vocabulary.from_dict(meta["vocab"]),
+                         Config.from_dict(meta["config"]), meta,
+                         Preprocess(int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])),
+                         manifest["grid"], "cpu", torch.float32)
         self.folder, self.manifest = folder, manifest
-        self.meta = manifest["meta"]
-        self.model, self.cfg = None, Config.from_dict(self.meta["config"])
-        self.vocab = Vocabulary.from_dict(self.meta["vocab"])
-        pre = manifest["preprocess"]
-        self.preprocess = Preprocess(int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
-        self.grid = tuple(manifest["grid"])
-        self.device, self.dtype, self.fast = torch.device("cpu"), torch.float32, False
+        self.model = None
         self.encoder_session = sessions["encoder"]
-        state = manifest["state"]
-        self.decoder = OnnxDecoder(sessions["decoder_init"], sessions["decoder_step"],
-                                   state["names"], state["new_names"])
 
     def encode(self, x: Tensor) -> Tensor:
         """Pixels (B, 3, S, S) -> grid features (B, N, D), in onnxruntime."""
@@ -146,10 +149,12 @@ class OnnxCaptioner(Captioner):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu",
                         precision: str = "auto") -> OnnxCaptioner:
-        """Not available: export the checkpoint first (:func:`captionkit.infer.export.export_onnx`),
-        then :func:`load_onnx` the folder."""
+        """Not available (kept so that the mistake gets a pointer, not an AttributeError):
+        export the checkpoint first (:func:`captionkit.infer.export.export_onnx`), then
+        :func:`load_onnx` the folder."""
         raise CheckpointError(f"{path}: an OnnxCaptioner loads an ONNX export folder; run "
-                              "captionkit.infer.export.export_onnx on the checkpoint, then load_onnx")
+                              "captionkit.infer.export.export_onnx on the checkpoint, "
+                              "then load_onnx")
 
 
 def load_onnx(folder: str | Path, threads: int = 2) -> OnnxCaptioner:

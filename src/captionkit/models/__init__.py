@@ -1,3 +1,7 @@
-"""Encoders, attention and decoders. Importing the package registers every built-in decoder."""
+"""Models: encoders (images -> (B, N, D) grid features, registered with their metadata),
+attention, decoders (``forward`` for teacher forcing, ``step`` for generation), the
+``CaptionModel`` that joins them, ImageNet weight loading and numeric precision.
+
+Importing the package registers every built-in decoder."""
 
 from captionkit.models import decoders, transformer  # noqa: F401  (registration)

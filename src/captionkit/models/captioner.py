@@ -20,12 +20,23 @@ class CaptionModel(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         return self.encoder(images)  # (B, 3, H, W) -> (B, N, D)
 
-    def forward(self, images: Tensor, tokens: Tensor,
-                image_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Teacher forcing. ``images`` are pixels (B, 3, H, W) or cached features (B, N, D).
-        ``image_index`` (C,) maps each of C captions to its image, so the encoder and the
-        attention projection run once per image however many captions it has."""
-        feats = images if images.dim() == 3 else self.encode(images)  # (B, N, D)
+    def grid_features(self, pixels: Tensor | None = None,
+                      features: Tensor | None = None) -> Tensor:
+        """Grid features (B, N, D): ``features`` as given (read from a feature cache), else
+        the encoder over ``pixels`` (B, 3, H, W). Exactly one of them is given (a batch's
+        ``pixels`` and ``features``)."""
+        if (pixels is None) == (features is None):
+            raise ValueError("give exactly one of pixels and features")
+        return features if features is not None else self.encode(pixels)  # (B, N, D)
+
+    def forward(self, tokens: Tensor, image_index: Tensor | None = None, *,
+                pixels: Tensor | None = None,
+                features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher forcing over tokens (C, T) of images given as ``pixels`` or cached
+        ``features`` (see :meth:`grid_features`). ``image_index`` (C,) maps each of C captions
+        to its image, so the encoder and the attention projection run once per image however
+        many captions it has."""
+        feats = self.grid_features(pixels, features)  # (B, N, D)
         return self.decoder(feats, tokens, image_index)  # (C, T, V), (C, T, N)
 
     def train(self, mode: bool = True) -> CaptionModel:

@@ -13,8 +13,10 @@ Decoding (captionkit.infer.decoding) needs nothing else, whatever the decoder.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captionkit.config import DecoderConfig
@@ -25,12 +27,40 @@ State = tuple[Tensor, ...]
 DECODERS: Registry[Callable[..., nn.Module]] = Registry("decoder")
 
 
+def lstm_update(xg: Tensor, hg: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM cell's gate maths (``nn.LSTMCell``'s, to the bit): the input's terms xg and the
+    hidden state's hg (..., 4H), in the order input, forget, cell, output -> new (h, c)."""
+    i, f, g, o = (hg + xg).chunk(4, dim=-1)  # (..., H) each
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_update(xg: Tensor, hg: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The GRU cell's gate maths (``nn.GRUCell``'s, to the bit): terms (..., 3H) in the order
+    reset, update, new; ``c`` passes through (a GRU has no cell state)."""
+    xr, xz, xn = xg.chunk(3, dim=-1)  # (..., H) each
+    hr, hz, hn = hg.chunk(3, dim=-1)
+    r, z = torch.sigmoid(hr + xr), torch.sigmoid(hz + xz)
+    n = torch.tanh(xn + hn * r)
+    return (h - n) * z + n, c
+
+
 class AttentionRNNDecoder(nn.Module):
     """Show-Attend-Tell decoder: attend with the previous hidden state, feed [embedding; context]
     to the recurrent cell, and predict the next word with SAT's deep output
-    ``L_o(E y_{t-1} + L_h h_t + L_z z_t)`` from the embedding, new hidden state and context."""
+    ``L_o(E y_{t-1} + L_h h_t + L_z z_t)`` from the embedding, new hidden state and context.
+
+    The maths lives in small public pieces (:meth:`initial_hidden`, the attention's functions,
+    :meth:`input_weights`, :attr:`cell_update`, :meth:`deep_output`, :meth:`output_head`) that
+    ``forward``/``step`` and the GPU fast path (:mod:`captionkit.train.gpu.grouped`) both call.
+    ``FAST_PATH`` declares, per class and never inherited (:func:`fast_path_declared`), that
+    the fast path computes this class's maths: a subclass that changes any of it trains on the
+    reference path unless it declares itself.
+    """
 
     cell_type = "lstm"
+    cell_update = staticmethod(lstm_update)  # the gate maths (a plain function: compilable)
+    FAST_PATH: ClassVar[bool] = True
 
     def __init__(self, vocab_size: int, feat_dim: int, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -39,7 +69,7 @@ class AttentionRNNDecoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
         self.attention = AdditiveAttention(feat_dim, h, cfg.attention_dim)
         cell = nn.LSTMCell if self.cell_type == "lstm" else nn.GRUCell
-        self.cell = cell(cfg.embed_dim + feat_dim, h)
+        self.cell = cell(cfg.embed_dim + feat_dim, h)  # its weights; the maths is cell_update
         self.init_h = nn.Linear(feat_dim, h)
         self.init_c = nn.Linear(feat_dim, h) if self.cell_type == "lstm" else None
         self.dropout = nn.Dropout(cfg.dropout)
@@ -49,27 +79,48 @@ class AttentionRNNDecoder(nn.Module):
         self.out_ctx = nn.Linear(feat_dim, cfg.embed_dim, bias=False)
         self.out = nn.Linear(cfg.embed_dim, vocab_size)
 
-    def init_state(self, feats: Tensor, keys: Tensor | None = None) -> State:
-        """(h, c, keys): hidden states from the mean feature, and the attention keys (computed
-        here unless the caller already projected them)."""
+    def initial_hidden(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """(h, c) (B, H) from the mean feature (c is zeros for a GRU)."""
         mean = feats.mean(dim=1)  # (B, D)
         h = torch.tanh(self.init_h(mean))  # (B, H)
         c = torch.tanh(self.init_c(mean)) if self.init_c is not None else torch.zeros_like(h)
+        return h, c
+
+    def init_state(self, feats: Tensor, keys: Tensor | None = None) -> State:
+        """(h, c, keys): hidden states from the mean feature, and the attention keys (computed
+        here unless the caller already projected them)."""
+        h, c = self.initial_hidden(feats)
         if keys is None:
             keys = self.attention.project(feats)  # (B, N, A)
         return h, c, keys
+
+    def input_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The cell's input weight split as the cell reads its input, [embedding; context]:
+        (w_emb (G, E), w_ctx (G, D), bias (G,)); G = 4H (LSTM) or 3H (GRU)."""
+        e = self.embed.embedding_dim
+        w = self.cell.weight_ih
+        return w[:, :e], w[:, e:], self.cell.bias_ih
+
+    def recurrent_layer(self) -> tuple[Tensor, Tensor]:
+        """(weight (G, H), bias (G,)) of the hidden state's terms in the gates."""
+        return self.cell.weight_hh, self.cell.bias_hh
+
+    def deep_output(self, emb: Tensor, h: Tensor, ctx: Tensor) -> Tensor:
+        """SAT's deep output before the vocabulary layer, (..., E)."""
+        return emb + self.out_h(h) + self.out_ctx(ctx)
+
+    def output_head(self) -> tuple[nn.Module, nn.Linear]:
+        """(dropout, vocabulary layer): ``logits = out(dropout(deep_output))``."""
+        return self.dropout, self.out
 
     def _advance(self, feats: Tensor, state: State, emb: Tensor) -> tuple[Tensor, State, Tensor]:
         """One recurrence; returns the pre-vocabulary output (B, E), the new state, alpha."""
         h, c, keys = state
         ctx, alpha = self.attention(feats, keys, h)  # (B, D), (B, N)
-        x = torch.cat([emb, ctx], dim=1)  # (B, E + D)
-        if self.cell_type == "lstm":
-            h, c = self.cell(x, (h, c))
-        else:
-            h = self.cell(x, h)
-        out = emb + self.out_h(h) + self.out_ctx(ctx)  # (B, E)
-        return out, (h, c, keys), alpha
+        x = torch.cat([emb, ctx], dim=1)  # (B, E + D): the order input_weights() splits
+        xg = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)  # (B, G)
+        h, c = self.cell_update(xg, F.linear(h, *self.recurrent_layer()), h, c)  # (B, H)
+        return self.deep_output(emb, h, ctx), (h, c, keys), alpha
 
     def step(self, feats: Tensor, state: State, token: Tensor) -> tuple[Tensor, State, Tensor]:
         """One generation step from the previous token (B,) -> logits (B, V), alpha (B, N)."""
@@ -113,14 +164,27 @@ class GRUDecoder(AttentionRNNDecoder):
     """The TensorFlow tutorial's decoder: the same attention, a GRU cell."""
 
     cell_type = "gru"
+    cell_update = staticmethod(gru_update)
+    FAST_PATH: ClassVar[bool] = True
 
 
-@DECODERS.register("lstm")
+def fast_path_declared(decoder: nn.Module) -> bool:
+    """Whether ``decoder``'s own class (not a base class) declares ``FAST_PATH``: the GPU fast
+    path computes exactly that class's maths."""
+    return bool(vars(type(decoder)).get("FAST_PATH", False))
+
+
+RNN_FIELDS = ("embed_dim", "hidden_dim", "attention_dim", "dropout")  # the config it reads
+
+
+@DECODERS.register("lstm", fields=RNN_FIELDS,
+                   description="Show-Attend-Tell: additive attention, gate, LSTM, deep output")
 def lstm(vocab_size: int, feat_dim: int, cfg: DecoderConfig) -> nn.Module:
     return AttentionRNNDecoder(vocab_size, feat_dim, cfg)
 
 
-@DECODERS.register("gru")
+@DECODERS.register("gru", fields=RNN_FIELDS,
+                   description="the TensorFlow tutorial's: the same attention, a GRU cell")
 def gru(vocab_size: int, feat_dim: int, cfg: DecoderConfig) -> nn.Module:
     return GRUDecoder(vocab_size, feat_dim, cfg)
 
@@ -128,6 +192,20 @@ def gru(vocab_size: int, feat_dim: int, cfg: DecoderConfig) -> nn.Module:
 def build_decoder(cfg: DecoderConfig, vocab_size: int, feat_dim: int) -> nn.Module:
     """Build the registered decoder named by ``cfg.name``."""
     return DECODERS.get(cfg.name)(vocab_size, feat_dim, cfg)
+
+
+def check_decoder_config(cfg: DecoderConfig) -> None:
+    """Checks that apply to the named decoder only (its registered ``check``), before any
+    work; raises :class:`~captionkit.errors.ConfigError` naming the field."""
+    check = DECODERS.info(cfg.name).get("check")
+    if check is not None:
+        check(cfg)
+
+
+def decoder_fields(name: str) -> tuple[str, ...]:
+    """The ``decoder.*`` config fields the named decoder reads (its architecture, and
+    dropout)."""
+    return tuple(DECODERS.info(name).get("fields", ()))
 
 
 def list_decoders() -> list[str]:

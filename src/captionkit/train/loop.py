@@ -1,5 +1,6 @@
-"""The epoch loop shared by every training stage: validation, checkpoints, resume points,
-early stopping and TensorBoard logs."""
+"""The epoch loop shared by every training stage (:mod:`captionkit.train.stages`): learning-rate
+schedule, progress, step counts, averaged logs, resume points, dev validation, checkpoints,
+early stopping and TensorBoard logs. A stage supplies only ``step(batch) -> logs``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from captionkit.checkpoint import save_checkpoint
-from captionkit.config import Config
-from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.config import Config, TrainConfig
+from captionkit.data.vocab import Vocabulary
+from captionkit.errors import NonFiniteLossError
+from captionkit.infer.evaluation import evaluate
+from captionkit.progress import bar as progress_bar
 from captionkit.train.distributed import Dist, barrier, broadcast
+from captionkit.train.optim import set_lr
 from captionkit.train.resume import Progress, save_resume
+from captionkit.train.stages import Stage
+
+
+def train_one_epoch(stage: Stage, loader: DataLoader, cfg: TrainConfig, step: int,
+                    total_steps: int, progress: bool = True,
+                    on_step=None) -> tuple[dict[str, float], int]:
+    """One pass of ``stage`` over ``loader``: the learning rate set before every update,
+    ``train.max_steps`` honoured, the stage's logs summed on their device and read every
+    ``stage.log_every`` steps (and at the end). ``on_step(step, batches_done)`` is called after
+    every update (resume points). Returns (mean logs, global step after the epoch)."""
+    stage.start(step)
+    sums = {k: torch.zeros((), dtype=torch.float64) for k in stage.logs}
+    n = 0
+    bar = progress_bar(loader, stage.name, progress)
+    for batch in bar:
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        set_lr(stage.optimizer, step, total_steps, cfg)
+        for k, v in stage.step(batch).items():
+            sums[k] = sums[k] + v.double()  # on the step's device: no wait
+        step, n = step + 1, n + 1
+        if n % stage.log_every == 0:
+            stage.check()
+            bar.set_postfix(loss=f"{float(sums['loss']) / n:.3f}")
+        if on_step is not None:
+            on_step(step, n)
+    stage.check()
+    return {k: float(v) / max(n, 1) for k, v in sums.items()}, step
 
 
 @dataclass
@@ -28,9 +62,9 @@ class FitResult:
 
 @dataclass
 class TrainLoop:
-    """Epochs of a stage's ``run`` with dev validation, checkpoints, resume points and early
-    stopping. Its only state is ``state`` (a :class:`~captionkit.train.resume.Progress`). ``net`` is
-    what trains (the model, or its DDP wrapper); only the main process writes files."""
+    """Epochs of a stage with dev validation (greedy captions scored by BLEU and CIDEr-D),
+    checkpoints, resume points and early stopping. Its only state is ``state`` (a
+    :class:`~captionkit.train.resume.Progress`); only the main process writes files."""
 
     cfg: Config
     model: torch.nn.Module
@@ -39,7 +73,11 @@ class TrainLoop:
     fingerprint: dict
     state: Progress
     dist: Dist
-    net: torch.nn.Module
+    vocab: Vocabulary
+    dev: object  # the dev dataset
+    device: torch.device
+    total_steps: int
+    progress: bool = True
     writer: object = field(default=None, repr=False)  # TensorBoard, opened on first use
 
     def save_point(self, epoch: int, batch: int, step: int) -> None:
@@ -49,10 +87,10 @@ class TrainLoop:
                      self.state.history)
         save_resume(self.run_dir, self.model, self.optimizer, s, self.fingerprint)
 
-    def run(self, run, loader, validate, vocab, t0: float) -> FitResult:
-        """Train epochs with ``run``; ``validate() -> (dev metrics, sample captions)`` runs on
-        the main process after each."""
+    def run(self, stage: Stage, loader: DataLoader, t0: float) -> FitResult:
+        """Train the epochs left with ``stage``, validating on the main process after each."""
         cfg, st, every = self.cfg, self.state, self.cfg.train.checkpoint_every
+        shown = self.progress and self.dist.main
         for epoch in range(st.epoch, cfg.train.epochs + 1):
             skip = st.batch if epoch == st.epoch else 0
             loader.batch_sampler.position(epoch - 1, skip)
@@ -61,13 +99,14 @@ class TrainLoop:
                 if every and step % every == 0:
                     self.save_point(epoch, skip + done, step)
             try:
-                losses, st.step = run(self.net, loader, self.optimizer, st.step, on_step)
+                losses, st.step = train_one_epoch(stage, loader, cfg.train, st.step,
+                                                  self.total_steps, shown, on_step)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"{e}; training stopped. Last checkpoint before it: "
                                          f"{self.last_saved()}", e.step) from None
-            metrics, samples = validate() if self.dist.main else (None, [])
+            metrics, samples = self.validate() if self.dist.main else (None, [])
             metrics = broadcast(metrics, self.dist)
-            self.record(epoch, losses, metrics, vocab, round(time.perf_counter() - t0, 1))
+            self.record(epoch, losses, metrics, round(time.perf_counter() - t0, 1))
             self.log_board(losses, metrics, samples)
             st.epoch, st.batch = epoch + 1, 0
             self.save_point(st.epoch, 0, st.step)
@@ -81,11 +120,19 @@ class TrainLoop:
         return FitResult(self.run_dir, self.run_dir / "best", st.best or {}, st.history,
                          time.perf_counter() - t0)
 
-    def record(self, epoch: int, losses: dict, metrics: dict, vocab, seconds: float) -> None:
+    def validate(self) -> tuple[dict[str, float], list[str]]:
+        """Dev metrics of greedy captions, and five sample captions beside a reference."""
+        t = self.cfg.train
+        metrics, hyps = evaluate(self.model, self.dev, self.vocab, self.device, t.batch_size,
+                                 t.eval_max_len, self.progress)
+        samples = [f"{self.vocab.decode(h.tokens)}  (reference: "
+                   f"{self.dev.records[i].captions[0]})" for i, h in list(hyps.items())[:5]]
+        return metrics, samples
+
+    def record(self, epoch: int, losses: dict, metrics: dict, seconds: float) -> None:
         """Log the epoch (metrics.jsonl rewritten from the history), save last/best."""
         cfg, st, key = self.cfg, self.state, self.cfg.train.select_metric
-        if key not in metrics:
-            raise CaptionKitError(f"train.select_metric {key!r} is not one of {list(metrics)}")
+        vocab = self.vocab
         row = {"epoch": epoch, "step": st.step, **losses, **metrics, "seconds": seconds}
         st.history.append(row)
         better = st.best is None or metrics[key] > st.best[key]

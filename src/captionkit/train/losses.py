@@ -25,6 +25,16 @@ def caption_loss(logits: Tensor, alphas: Tensor, targets: Tensor, pad_id: int,
     ce = ce_sum / tokens
     if alpha_c <= 0:
         return ce, ce
-    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, T, N) -> (B, N)
-    penalty = ((1.0 - coverage) ** 2).sum() / (captions * alphas.size(-1))
+    penalty = coverage_penalty(alphas, mask, 1) / (captions * alphas.size(-1))
     return ce + alpha_c * penalty, ce
+
+
+def coverage_penalty(alphas: Tensor, mask: Tensor, time_dim: int,
+                     present: Tensor | None = None) -> Tensor:
+    """Show-Attend-Tell's doubly stochastic penalty, summed over captions:
+    ``sum_captions sum_i (1 - sum_t alpha_ti)^2``. ``alphas`` (..., N) with its time axis at
+    ``time_dim`` (``mask`` the same shape without N: real target steps); ``present`` (the
+    captions' shape) leaves out absent captions of a grouped batch."""
+    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=time_dim)  # (captions..., N)
+    sq = (1.0 - coverage) ** 2
+    return sq.sum() if present is None else (sq.sum(-1) * present).sum()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+from captionkit.config import LR_SCHEDULES
 from captionkit.errors import CaptionKitError
 
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = LR_SCHEDULES  # validated in the config; named here for the schedule's callers
 
 
 def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from captionkit.config import TrainConfig
-from captionkit.data.dataset import ImageCaptionDataset
+from captionkit.data.dataset import Batch, ImageCaptionDataset
 from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError
 from captionkit.infer.decoding import greedy, sample
 from captionkit.metrics import ptb
 from captionkit.metrics.cider import CiderD
-from captionkit.progress import bar as progress_bar
 from captionkit.train.losses import caption_loss
-from captionkit.train.optim import set_lr, update
-
-BASELINES = ("greedy", "mean")
-
+from captionkit.train.optim import update
+from captionkit.train.stages import Stage
 
 EOS = "<eos>"  # the end of a caption, as a word, when rewards score endings
 
@@ -64,9 +60,6 @@ def baseline_rewards(model, feats: Tensor, rewards: Tensor, ids: list[str], cide
             raise CaptionKitError("the 'mean' SCST baseline needs train.scst_samples >= 2")
         r = rewards.view(-1, n)  # (B, n)
         return ((r.sum(1, keepdim=True) - r) / (n - 1)).view(-1)  # mean of the other samples
-    if cfg.scst_baseline != "greedy":
-        raise CaptionKitError(f"unknown train.scst_baseline {cfg.scst_baseline!r}; "
-                              f"choose from {BASELINES}")
     model.eval()
     with torch.no_grad():
         hyps = greedy(model.decoder, feats, start_id=vocab.start_id, end_id=vocab.end_id,
@@ -90,43 +83,42 @@ def reference_ce(model, feats: Tensor, batch, vocab: Vocabulary, device: torch.d
     return caption_loss(logits.float(), alphas.float(), tokens[:, 1:], vocab.pad_id, 0.0)[1]
 
 
-def train_scst_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                     cider: CiderD, vocab: Vocabulary, cfg: TrainConfig,
-                     device: torch.device, step: int, total_steps: int,
-                     progress: bool = True, on_step=None) -> tuple[dict[str, float], int]:
-    """One SCST pass over ``loader``. Returns (mean loss, sampled-caption reward and baseline
-    reward on the training images, global step after the epoch)."""
-    if cfg.scst_xe_weight < 0:
-        raise CaptionKitError(f"train.scst_xe_weight must be >= 0 (0 = the reward alone), not "
-                              f"{cfg.scst_xe_weight}")
-    model.train()
-    records = loader.dataset.records
-    sums = {"loss": 0.0, "reward": 0.0, "baseline": 0.0}
-    batches = 0
-    for batch in progress_bar(loader, "scst", progress):
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-        set_lr(optimizer, step, total_steps, cfg)
-        x = batch.images.to(device)
-        feats = x if x.dim() == 3 else model.encode(x)  # (B, N, D)
-        ids = [records[i].image_id for i in batch.indices.tolist() for _ in
-               range(cfg.scst_samples)]
+class SelfCritical(Stage):
+    """The SCST stage: per batch, ``train.scst_samples`` captions sampled per image, rewarded
+    by CIDEr-D (``cider``: :func:`reward_scorer`) against a baseline (``train.scst_baseline``),
+    REINFORCE (+ ``train.scst_xe_weight`` x the references' cross-entropy); logs the loss and
+    the mean sampled-caption and baseline rewards on the training images."""
+
+    name = "scst"
+    logs = ("loss", "reward", "baseline")
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 device: torch.device, vocab: Vocabulary, cider: CiderD,
+                 image_ids: list[str]) -> None:
+        """``image_ids``: the training dataset's image ids by record index (the rewards'
+        keys)."""
+        super().__init__(model, optimizer)
+        self.cfg, self.device, self.vocab, self.cider = cfg, device, vocab, cider
+        self.image_ids, self.updates = image_ids, 0
+
+    def start(self, step: int) -> None:
+        super().start(step)
+        self.updates = step
+
+    def step(self, batch: Batch) -> dict[str, Tensor]:
+        cfg, vocab, model = self.cfg, self.vocab, self.model
+        b = batch.to(self.device)
+        feats = model.grid_features(b.pixels, b.features)  # (B, N, D)
+        ids = [self.image_ids[i] for i in batch.indices.tolist() for _ in range(cfg.scst_samples)]
         tokens, logprobs, mask = sample(model.decoder, feats, start_id=vocab.start_id,
                                         end_id=vocab.end_id, max_len=cfg.eval_max_len,
                                         num_samples=cfg.scst_samples,
                                         banned=vocab.banned)  # (B*n, T) each
-        rewards = caption_rewards(cider, ids, tokens, vocab, cfg.scst_eos)  # (B*n,)
-        base = baseline_rewards(model, feats.detach(), rewards, ids, cider, vocab, cfg)
+        rewards = caption_rewards(self.cider, ids, tokens, vocab, cfg.scst_eos)  # (B*n,)
+        base = baseline_rewards(model, feats.detach(), rewards, ids, self.cider, vocab, cfg)
         loss = scst_loss(logprobs, mask, rewards, base)
         if cfg.scst_xe_weight > 0:
-            loss = loss + cfg.scst_xe_weight * reference_ce(model, feats, batch, vocab, device)
-        update(model, optimizer, loss, cfg, step)
-        step += 1
-        batches += 1
-        sums["loss"] += loss.item()
-        sums["reward"] += float(rewards.mean())
-        sums["baseline"] += float(base.mean())
-        if on_step is not None:
-            on_step(step, batches)
-    return {k: v / max(batches, 1) for k, v in sums.items()}, step
-
+            loss = loss + cfg.scst_xe_weight * reference_ce(model, feats, b, vocab, self.device)
+        update(model, self.optimizer, loss, cfg, self.updates)
+        self.updates += 1
+        return {"loss": loss.detach(), "reward": rewards.mean(), "baseline": base.mean()}

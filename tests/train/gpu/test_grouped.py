@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from captionkit.config import DecoderConfig
-from captionkit.models.decoders import build_decoder
+from captionkit.models.decoders import DECODERS, AttentionRNNDecoder, build_decoder
 from captionkit.train.gpu import grouped as fastpath
 from captionkit.train.gpu.grouped import group_captions, grouped_loss, vocab_loss
 from captionkit.train.losses import caption_loss
@@ -27,10 +27,40 @@ def batch(seed: int = 0):
     return feats, tokens, image_index
 
 
-def make_decoder(name: str, seed: int = 0):
+def make_decoder(name: str, seed: int = 0, dropout: float = 0.0):
     torch.manual_seed(seed)
-    cfg = DecoderConfig(name=name, embed_dim=8, hidden_dim=10, attention_dim=9, dropout=0.0)
+    cfg = DecoderConfig(name=name, embed_dim=8, hidden_dim=10, attention_dim=9, dropout=dropout,
+                        num_heads=1)
     return build_decoder(cfg, V, D).double()
+
+
+# every registered decoder whose class declares the fast path (the equivalence tests loop over
+# them: a new decoder that declares it is tested here without a line more)
+FAST = [n for n in DECODERS.names() if fastpath.supports(make_decoder(n))]
+
+
+class FixedMask(torch.nn.Module):
+    """Dropout with a fixed mask over the feature axis (the same in the reference's (C, T, E)
+    layout and the grouped (T, B, K, E) one), scaled as nn.Dropout scales."""
+
+    def __init__(self, size: int, p: float) -> None:
+        super().__init__()
+        keep = torch.Generator().manual_seed(3)
+        self.mask = (torch.rand(size, generator=keep) >= p).double() / (1 - p)
+
+    def forward(self, x):
+        return x * self.mask.to(x.dtype)
+
+
+def test_the_fast_path_covers_the_rnn_decoders_and_only_declared_classes():
+    assert FAST == ["gru", "lstm"]
+    assert not fastpath.supports(make_decoder("transformer"))
+
+    class Changed(AttentionRNNDecoder):  # e.g. another attention: its maths is not the parent's
+        pass
+
+    changed = Changed(V, D, DecoderConfig(embed_dim=8, hidden_dim=10, attention_dim=9))
+    assert not fastpath.supports(changed)
 
 
 def test_group_captions_places_every_caption_once():
@@ -48,14 +78,19 @@ def test_group_captions_places_every_caption_once():
         group_captions(tokens, image_index, 3, k=3)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru"])
-@pytest.mark.parametrize("alpha_c,hoist", [(1.0, False), (0.0, False), (1.0, True)])
-def test_grouped_loss_and_gradients_equal_the_reference(name, alpha_c, hoist):
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("alpha_c,hoist,dropout", [(1.0, False, 0.0), (0.0, False, 0.0),
+                                                   (1.0, True, 0.0), (1.0, False, 0.5),
+                                                   (1.0, True, 0.5)])
+def test_grouped_loss_and_gradients_equal_the_reference(name, alpha_c, hoist, dropout):
     """Also with the context's product hoisted out of the recurrence (the same function,
-    multiplied in another order), and with the features' own gradient (a trained encoder)."""
+    multiplied in another order), with the features' own gradient (a trained encoder), and
+    with dropout under a fixed mask (applied where the decoder applies it, in training mode)."""
     feats, tokens, image_index = batch()
     feats = feats.double().requires_grad_(True)
-    dec = make_decoder(name)
+    dec = make_decoder(name, dropout=dropout).train()
+    if dropout:
+        dec.dropout = FixedMask(dec.embed.embedding_dim, dropout)
     logits, alphas = dec(feats, tokens[:, :-1], image_index)
     ref, ref_ce = caption_loss(logits, alphas, tokens[:, 1:], 0, alpha_c)
     ref_grads = torch.autograd.grad(ref, [*dec.parameters(), feats])

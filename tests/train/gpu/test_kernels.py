@@ -14,7 +14,12 @@ import textwrap
 import pytest
 import torch
 
-from captionkit.train.gpu.grouped import additive_score
+from captionkit.models.attention import additive_score as decoder_score
+
+
+def additive_score(keys, q, w):
+    """The decoder's score without its bias, in the kernel's signature (w (A,))."""
+    return decoder_score(keys, q, w.view(1, -1), None)
 
 triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -23,9 +28,20 @@ INTERPRETED = textwrap.dedent("""
     import itertools
 
     import torch
+    from types import SimpleNamespace
+
     from captionkit.train.gpu.kernels import additive_score as fused, attention_context
-    from captionkit.train.gpu.grouped import additive_score as reference, lstm_step, gru_step
-    from captionkit.train.gpu.grouped import attention_context as context_reference
+    from captionkit.train.gpu.kernels import attention_score
+    from captionkit.models.attention import additive_score
+    from captionkit.models.attention import attention_context as context_reference
+    from captionkit.models.decoders import gru_update, lstm_update
+    from captionkit.train.gpu.grouped import step_for
+
+    def reference(keys, q, w):
+        return additive_score(keys, q, w.view(1, -1), None)
+
+    lstm_step = step_for(SimpleNamespace(cell_update=lstm_update))
+    gru_step = step_for(SimpleNamespace(cell_update=gru_update))
 
     torch.manual_seed(0)
     # K=5 captions (not a power of 2), N and A not multiples of the kernel's blocks; the
@@ -63,9 +79,9 @@ INTERPRETED = textwrap.dedent("""
         args = [torch.randn(B, N, gates * H if hoist else D), torch.randn(B, N, A),
                 torch.randn(B, K, gates * H), torch.randn(B, K, H), torch.randn(B, K, H),
                 torch.randn(A + 1 + gates * H, H), torch.randn(A + 1 + gates * H),
-                None if hoist else torch.randn(gates * H, D), torch.randn(A), torch.randn(1)]
+                None if hoist else torch.randn(gates * H, D), torch.randn(1, A), torch.randn(1)]
         wrt = [a.requires_grad_(True) for a in args if a is not None]
-        outs = [step(*args, score=fused, context=attention_context), step(*args)]
+        outs = [step(*args, score=attention_score, context=attention_context), step(*args)]
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         loss = [sum(o.square().sum() for o in out) for out in outs]
@@ -87,7 +103,7 @@ def test_kernel_equals_the_reference_in_the_interpreter():
 @cuda
 @triton
 def test_context_kernel_on_cuda_equals_the_reference():
-    from captionkit.train.gpu.grouped import attention_context
+    from captionkit.models.attention import attention_context
     from captionkit.train.gpu.kernels import attention_context as fused
 
     torch.manual_seed(0)

@@ -13,10 +13,10 @@ import torch
 
 from captionkit.config import TrainConfig
 from captionkit.errors import CaptionKitError, NonFiniteLossError
-from captionkit.train.fit import check_finite, fit, use_fast_path
+from captionkit.train.fit import fit
 from captionkit.train.gpu import grouped as fastpath
 from captionkit.train.gpu.grouped import group_captions
-from captionkit.train.gpu.step import FastTrainStep
+from captionkit.train.gpu.step import FastTrainStep, check_finite, use_fast_path
 from captionkit.train.losses import caption_loss
 from captionkit.train.optim import build_optimizer, update
 from tests.train.gpu.test_grouped import batch, make_decoder
@@ -82,12 +82,26 @@ def test_fast_path_choice(tiny_config):
     with pytest.raises(CaptionKitError, match="fast_path=always"):
         use_fast_path(tiny_config.override(["train.fast_path=always"]), build_model(tiny_config, 20),
                       cpu)  # the shapes encoder trains
-    with pytest.raises(CaptionKitError, match="auto, always or never"):
-        use_fast_path(frozen.override(["train.fast_path=maybe"]), model, cpu)
-    with pytest.raises(CaptionKitError, match="train.fast_hoist_images must be >= 0"):
-        use_fast_path(frozen.override(["train.fast_hoist_images=-1"]), model, cpu)
-    with pytest.raises(CaptionKitError, match="train.fast_compile_mode must be one of default"):
-        use_fast_path(frozen.override(["train.fast_compile_mode=reduce-overhead"]), model, cpu)
+    # the choices themselves are refused when the config is built (tests/test_config.py)
+    with pytest.raises(CaptionKitError, match="train.fast_path"):
+        frozen.override(["train.fast_path=maybe"])
+
+
+def test_fast_path_never_trains_a_decoder_that_did_not_declare_it(tiny_config):
+    """A subclass of the LSTM decoder inherits its layers but not its declaration: the fast
+    path would compute the parent's maths, so it is not used (auto) or refused (always)."""
+    from captionkit.models.captioner import build_model
+    from captionkit.models.decoders import AttentionRNNDecoder
+
+    class Other(AttentionRNNDecoder):
+        pass
+
+    frozen = tiny_config.override(["encoder.trainable=false"])
+    model = build_model(frozen, 20)
+    model.decoder = Other(20, model.encoder.out_dim, frozen.decoder)
+    assert not use_fast_path(frozen, model, torch.device("cuda"))
+    with pytest.raises(CaptionKitError, match="declares the fast path"):
+        use_fast_path(frozen.override(["train.fast_path=always"]), model, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("hoist", [0, 100])
@@ -115,14 +129,14 @@ def test_fit_with_the_fast_path_follows_the_reference(tiny_config, tmp_path, mon
 
 def test_fit_hands_the_compile_mode_and_hoist_to_the_fast_step(tiny_config, tmp_path,
                                                               monkeypatch):
-    from captionkit.train import fit as engine
+    from captionkit.train.gpu import step as gpu_step
 
     seen = []
 
     def recording(*args, **kwargs):
         seen.append(kwargs)
         return FastTrainStep(*args, **kwargs)
-    monkeypatch.setattr(engine, "FastTrainStep", recording)
+    monkeypatch.setattr(gpu_step, "FastTrainStep", recording)
     fit(tiny_config.override(["encoder.trainable=false", "train.epochs=1", "train.max_steps=1",
                               "train.fast_path=always", "train.fast_hoist_images=3",
                               "train.fast_compile_mode=max-autotune-no-cudagraphs",

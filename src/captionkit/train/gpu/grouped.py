@@ -1,8 +1,11 @@
 """The fast path's loss for the attention RNN decoders (``lstm``, ``gru``), made for GPUs.
 
 It computes the loss that ``decoder(feats, tokens, image_index)`` followed by
-:func:`captionkit.train.losses.caption_loss` computes (``tests/test_fastpath.py`` checks the loss and
-every gradient against that reference), organised for throughput:
+:func:`captionkit.train.losses.caption_loss` computes (``tests/train/gpu/test_grouped.py``
+checks the loss and every gradient against that reference, for every registered decoder that
+declares the fast path). The maths is the decoder's own: its initial state, the attention's
+functions, its input-weight split, its ``cell_update``, its deep output and output head, the
+losses' coverage penalty; what is here is only how the work is organised for throughput:
 
 - captions are grouped by image, (B, K, T): each image's attention keys ``W_f f`` and its
   features are read once for its K captions (the score and the context ``alpha @ f`` broadcast
@@ -33,6 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captionkit.models.attention import (
+    additive_attend,
+    additive_score,
+    attention_context,
+    attention_weights,
+    gate_value,
+)
+from captionkit.models.decoders import fast_path_declared
+from captionkit.train.losses import coverage_penalty
+
 
 def group_captions(tokens: Tensor, image_index: Tensor, num_images: int, k: int | None = None,
                    t: int | None = None, pad_id: int = 0) -> Tensor:
@@ -53,27 +66,12 @@ def group_captions(tokens: Tensor, image_index: Tensor, num_images: int, k: int 
     return out  # (B, K, T')
 
 
-def grouped_inputs(batch, k: int, device: torch.device,
-                   multiple: int = 4) -> tuple[Tensor, Tensor]:
-    """A collated batch as the fast step's inputs on ``device``: images or features, and
-    tokens grouped to (B, k, T) with T rounded up to ``multiple`` (few distinct shapes, so few
-    CUDA graphs)."""
+def grouped_tokens(batch, k: int, device: torch.device, multiple: int = 4) -> Tensor:
+    """A collated batch's captions grouped to (B, k, T) on ``device``, T rounded up to
+    ``multiple`` (few distinct shapes, so few CUDA graphs)."""
     t = -(-batch.tokens.size(1) // multiple) * multiple
-    tokens = group_captions(batch.tokens, batch.image_index, batch.images.size(0), k, t)
-    return (batch.images.to(device, non_blocking=True),
-            tokens.to(device, non_blocking=True))  # (B, N, D) or (B, 3, H, W); (B, k, T)
-
-
-def additive_score(keys: Tensor, q: Tensor, w: Tensor) -> Tensor:
-    """``sum_a w[a] tanh(keys[b,n,a] + q[b,k,a])``: keys (B, N, A), q (B, K, A) -> (B, K, N).
-    :func:`captionkit.train.gpu.kernels.additive_score` is the same as one Triton kernel."""
-    return (torch.tanh(keys.unsqueeze(1) + q.unsqueeze(2)) * w).sum(-1)  # (B, K, N)
-
-
-def attention_context(alpha: Tensor, feats: Tensor) -> Tensor:
-    """Each caption's context: alpha (B, K, N) @ feats (B, N, D) -> (B, K, D) in feats' dtype.
-    :func:`captionkit.train.gpu.kernels.attention_context` is the same as a Triton kernel."""
-    return torch.bmm(alpha.to(feats.dtype), feats)  # (B, K, D)
+    tokens = group_captions(batch.tokens, batch.image_index, batch.num_images, k, t)
+    return tokens.to(device, non_blocking=True)  # (B, k, T)
 
 
 def _attend(feats: Tensor, keys: Tensor, q: Tensor, gate: Tensor, w_score: Tensor,
@@ -81,18 +79,18 @@ def _attend(feats: Tensor, keys: Tensor, q: Tensor, gate: Tensor, w_score: Tenso
             context=attention_context) -> tuple[Tensor, Tensor, Tensor]:
     """The attention's term in the gates (B, K, G), what the step carries out (the gated
     context (B, K, D)) and alpha (B, K, N), for queries q (B, K, A) over one image's keys
-    (B, N, A) and features (B, N, D).
+    (B, N, A) and features (B, N, D), with the attention's own functions
+    (:mod:`captionkit.models.attention`).
 
     With ``w_c`` None the context's product is hoisted: ``feats`` is then each image's
     ``feats @ w_cᵀ`` (B, N, G), computed once, and since the gate is one number per caption,
     ``w_c (sigmoid(gate) alpha @ f) = (sigmoid(gate) alpha) @ (f w_cᵀ)``; the gated weights
     (B, K, N) are carried out in place of the context (rebuilt after the recurrence)."""
-    e = score(keys, q, w_score) + b_score  # (B, K, N)
-    alpha = torch.softmax(e, dim=-1)  # (B, K, N); fp32 under autocast
     if w_c is None:
-        weights = alpha * torch.sigmoid(gate)  # (B, K, N)
+        alpha = attention_weights(keys, q, w_score, b_score, score)  # (B, K, N)
+        weights = alpha * gate_value(gate)  # (B, K, N)
         return context(weights, feats), weights, alpha  # (B, K, G)
-    ctx = context(alpha, feats) * torch.sigmoid(gate)  # (B, K, D)
+    ctx, alpha = additive_attend(feats, keys, q, gate, w_score, b_score, score, context)
     return F.linear(ctx, w_c), ctx, alpha
 
 
@@ -103,39 +101,28 @@ def _from_h(h: Tensor, w_h: Tensor, b_h: Tensor, probe: Tensor | None) -> Tensor
     return z if probe is None else z + probe
 
 
-def lstm_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
-              score=additive_score, context=attention_context):
-    """One LSTM step for all captions: xe (B, K, 4H) is the embedding's input term (with the
-    input bias); returns h, c (B, K, H), the gated context (B, K, D) and alpha (B, K, N).
-    ``probe`` (B, K, A+1+4H) is added to the terms from h (zeros that carry their gradient
-    out). ``w_c`` None: ``feats`` are the hoisted ``feats @ w_cᵀ`` and the gated attention
-    weights come out in place of the context (see :func:`_attend`). ``score`` and ``context``
-    compute the attention (:func:`additive_score`, :func:`attention_context` or their Triton
-    kernels)."""
-    a, hid = keys.size(-1), h.size(-1)
-    q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, 4 * hid], dim=-1)  # (B,K,A+1+4H)
-    term, ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, w_c, score, context)
-    gates = (xe + term + hh).to(c.dtype)  # (B, K, 4H)
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h, c, ctx, alpha
+def step_for(decoder: nn.Module):
+    """The fast path's step for ``decoder``: one recurrence for all captions with the
+    decoder's own attention and gate maths (its ``cell_update``).
 
+    ``step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None, score=...,
+    context=...)``: xe (B, K, G) is the embedding's input term (with the input bias); w_h
+    stacks the query, gate and recurrent layers (A + 1 + G outputs from h); returns h, c
+    (B, K, H), the gated context (B, K, D) and alpha (B, K, N). ``probe`` (B, K, A+1+G) is added
+    to the terms from h (zeros that carry their gradient out). ``w_c`` None: ``feats`` are the
+    hoisted ``feats @ w_cᵀ`` and the gated attention weights come out in place of the context
+    (see :func:`_attend`). ``score`` and ``context`` compute the attention
+    (:func:`additive_score`, :func:`attention_context` or their Triton kernels)."""
+    update = decoder.cell_update  # a plain function of tensors
 
-def gru_step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
+    def step(feats, keys, xe, h, c, w_h, b_h, w_c, w_score, b_score, probe=None,
              score=additive_score, context=attention_context):
-    """One GRU step (same arguments as :func:`lstm_step`; ``c`` passes through)."""
-    a, hid = keys.size(-1), h.size(-1)
-    q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, 3 * hid], dim=-1)  # (B,K,A+1+3H)
-    term, ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, w_c, score, context)
-    xr, xz, xn = (xe + term).to(h.dtype).chunk(3, dim=-1)  # (B, K, H) each
-    hr, hz, hn = hh.to(h.dtype).chunk(3, dim=-1)
-    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-    n = torch.tanh(xn + r * hn)
-    return (1 - z) * n + z * h, c, ctx, alpha
-
-
-STEPS = {"lstm": lstm_step, "gru": gru_step}
+        a = keys.size(-1)
+        q, gate, hh = _from_h(h, w_h, b_h, probe).split([a, 1, w_h.size(0) - a - 1], dim=-1)
+        term, ctx, alpha = _attend(feats, keys, q, gate, w_score, b_score, w_c, score, context)
+        h, c = update((xe + term).to(c.dtype), hh.to(c.dtype), h, c)  # (B, K, H)
+        return h, c, ctx, alpha
+    return step
 
 
 class _LateGrad(torch.autograd.Function):
@@ -215,7 +202,7 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None
                     hoist: bool = False) -> tuple[Tensor, Tensor]:
     """Teacher forcing over grouped inputs: feats (B, N, D), tokens (B, K, T) ->
     pre-vocabulary outputs (T, B, K, E) and alphas (T, B, K, N), time first. ``step``
-    defaults to the decoder's cell (:data:`STEPS`); pass a compiled one to fuse it. A step
+    defaults to :func:`step_for` the decoder; pass a compiled one to fuse it. A step
     may return a fifth output, a copy of h for the output layer: compiled, the gradients of h
     from the next step and from the output layer are then added inside its backward, not by
     autograd in a kernel of its own.
@@ -233,21 +220,14 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None
     step adds to, are summed once after the recurrence (each step gets its own view; T copies
     held until then) instead of by an addition at every step. Made for small batches, whose
     steps are bound by latency: ~30 small kernels each."""
-    dec, att, cell = decoder, decoder.attention, decoder.cell
+    dec, att = decoder, decoder.attention
     B, K, T = tokens.shape
     dtype = _compute_dtype(feats.device, feats.dtype)
-    keys = att.project(feats).to(dtype)  # (B, N, A): once per image
-    mean = feats.mean(dim=1)  # (B, D)
-    state = torch.float32 if dtype != feats.dtype else feats.dtype  # the cell state's
-    h = torch.tanh(dec.init_h(mean)).to(state).unsqueeze(1).repeat(1, K, 1)  # (B, K, H)
-    c = (torch.tanh(dec.init_c(mean)).to(state).unsqueeze(1).repeat(1, K, 1)
-         if dec.init_c is not None else torch.zeros_like(h))  # contiguous: one compiled step
+    keys, h, c = _initial_state(dec, feats, K, dtype)  # (B, N, A), (B, K, H) x 2
     emb = dec.embed(tokens.permute(2, 0, 1))  # (T, B, K, E)
-    e_dim = emb.size(-1)
-    xe = F.linear(emb, cell.weight_ih[:, :e_dim], cell.bias_ih)  # (T, B, K, G): all steps
-    w_h = torch.cat([att.hidden_proj.weight, att.gate.weight, cell.weight_hh])  # (A+1+G, H)
-    b_h = torch.cat([att.hidden_proj.bias, att.gate.bias, cell.bias_hh])
-    w_c = cell.weight_ih[:, e_dim:]  # (G, D)
+    w_e, w_c, b_in = dec.input_weights()  # the cell's input split as the decoder concatenates
+    xe = F.linear(emb, w_e, b_in)  # (T, B, K, G): the embedding's term, all steps at once
+    w_h, b_h = _from_h_weights(dec)  # (A+1+G, H): query, gate and recurrent layers stacked
     f = feats.to(dtype)  # cast once, not at every step
     # the weights from h and from the context get their gradients after the recurrence: the
     # gates' gradient is xe's, the terms from h get zero probes (see _LateGrad)
@@ -256,8 +236,8 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None
     probes = _LateGrad.apply(xe.new_zeros(T, B, K, w_h.size(0)), w_h, b_h, h_in,
                              "...o,...i->oi")  # (T, B, K, A+1+G)
     w_h, b_h = w_h.detach().to(dtype), b_h.detach().to(dtype)
-    shared = _per_step([keys, att.score.weight.view(-1), att.score.bias], T, hoist)
-    fn = step or STEPS[dec.cell_type]
+    shared = _per_step([keys, *att.score_weights()], T, hoist)
+    fn = step or step_for(dec)
     hs, ctxs, alphas = [h], [], []
     for x, p, k, w_s, b_s in zip(xe.unbind(0), probes.unbind(0), *shared, strict=True):
         h, c, ctx, alpha, *h_out = fn(source, k, x, h, c, w_h, b_h, w_c, w_s, b_s, p)
@@ -270,8 +250,28 @@ def grouped_forward(decoder: nn.Module, feats: Tensor, tokens: Tensor, step=None
     ctx_in.append(ctx_all.detach().to(dtype))  # context from its own inputs would never be freed
     if hoist:  # the gated contexts from the gated weights, all steps in one product per image
         ctx_all = torch.einsum("tbkn,bnd->tbkd", ctx_all.to(dtype), f)  # (T, B, K, D)
-    out = emb + dec.out_h(h_all[1:]) + dec.out_ctx(ctx_all)  # (T, B, K, E)
+    out = dec.deep_output(emb, h_all[1:], ctx_all)  # (T, B, K, E)
     return out, _ContiguousGrad.apply(torch.stack(alphas))  # (T, B, K, E), (T, B, K, N)
+
+
+def _initial_state(decoder: nn.Module, feats: Tensor, k: int,
+                   dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """The attention keys (B, N, A) in the compute dtype and the decoder's initial (h, c)
+    repeated for the K captions of each image, (B, K, H), in the cell state's dtype (fp32
+    under autocast); contiguous, so one compiled step serves every time step."""
+    keys = decoder.attention.project(feats).to(dtype)  # (B, N, A): once per image
+    state = torch.float32 if dtype != feats.dtype else feats.dtype
+    h, c = decoder.initial_hidden(feats)  # (B, H)
+    return (keys, h.to(state).unsqueeze(1).repeat(1, k, 1),
+            c.to(state).unsqueeze(1).repeat(1, k, 1))
+
+
+def _from_h_weights(decoder: nn.Module) -> tuple[Tensor, Tensor]:
+    """The layers that read the hidden state (the attention's query and gate, then the cell's
+    recurrent terms), stacked into one product: weight (A+1+G, H), bias (A+1+G,)."""
+    layers = [(m.weight, m.bias) for m in decoder.attention.query_layers()]
+    layers.append(decoder.recurrent_layer())
+    return torch.cat([w for w, _ in layers]), torch.cat([b for _, b in layers])
 
 
 def vocab_loss(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
@@ -295,18 +295,20 @@ def grouped_loss(decoder: nn.Module, feats: Tensor, tokens: Tensor, alpha_c: flo
     or a compiled copy; ``hoist``: see :func:`grouped_forward`."""
     inputs, targets = tokens[..., :-1], tokens[..., 1:].permute(2, 0, 1)  # (B,K,T-1), (T-1,B,K)
     out, alphas = grouped_forward(decoder, feats, inputs, step, hoist)  # (T-1, B, K, E), (.., N)
-    ce_sum = head(decoder.dropout(out), decoder.out.weight, decoder.out.bias, targets, pad_id)
+    dropout, layer = decoder.output_head()
+    ce_sum = head(dropout(out), layer.weight, layer.bias, targets, pad_id)
     mask = targets.ne(pad_id)  # (T-1, B, K)
     present = tokens[..., 0].ne(pad_id)  # (B, K) real captions
     ntok, ncap = counts if counts is not None else (mask.sum(), present.sum())
     ce = ce_sum / ntok
     if alpha_c <= 0:
         return ce, ce
-    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=0)  # (B, K, N)
-    penalty = (((1.0 - coverage) ** 2).sum(-1) * present).sum() / (ncap * alphas.size(-1))
+    penalty = coverage_penalty(alphas, mask, 0, present) / (ncap * alphas.size(-1))
     return ce + alpha_c * penalty, ce
 
 
 def supports(decoder: nn.Module) -> bool:
-    """Whether the fast step can train ``decoder`` (the attention RNN decoders)."""
-    return getattr(decoder, "cell_type", None) in STEPS
+    """Whether the fast step can train ``decoder``: its class declares that the fast path
+    computes its maths (:func:`captionkit.models.decoders.fast_path_declared`; never
+    inherited, so a subclass that changes the maths is not trained with the parent's)."""
+    return fast_path_declared(decoder)

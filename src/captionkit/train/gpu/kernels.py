@@ -197,6 +197,13 @@ def _(keys: Tensor, q: Tensor, w: Tensor) -> Tensor:
     return keys.new_empty(keys.size(0), q.size(1), keys.size(1), dtype=torch.float32)
 
 
+def attention_score(keys: Tensor, q: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """:func:`captionkit.models.attention.additive_score` (same arguments: w (1, A), b (1,))
+    through the kernel: (B, K, N)."""
+    e = additive_score(keys, q, w.reshape(-1))  # (B, K, N)
+    return e if b is None else e + b
+
+
 def _splits(B: int, N: int) -> int:
     """Region splits of the score's backward. One program per (image, column block) walks all
     regions: below 16 images a batch that is fewer programs than an H100/H200 has

@@ -21,9 +21,19 @@ import importlib.util
 import torch
 from torch import Tensor, nn
 
-from captionkit.config import TrainConfig
+from captionkit.config import Config, TrainConfig
+from captionkit.errors import CaptionKitError, NonFiniteLossError
+from captionkit.models.attention import attention_context
 from captionkit.models.precision import autocast
-from captionkit.train.gpu.grouped import STEPS, attention_context, grouped_loss, vocab_loss
+from captionkit.train.distributed import Dist
+from captionkit.train.gpu.grouped import (
+    grouped_loss,
+    grouped_tokens,
+    step_for,
+    supports,
+    vocab_loss,
+)
+from captionkit.train.stages import Stage
 
 
 def kernel_available(device: torch.device) -> bool:
@@ -41,7 +51,7 @@ def _with_kernels(step, min_images: int, use_context: bool = True):
         if args[1].size(0) < min_images:
             return step(*args)
         half = use_context and args[0].dtype in (torch.bfloat16, torch.float16)
-        return step(*args, score=kernels.additive_score,
+        return step(*args, score=kernels.attention_score,
                     context=kernels.attention_context if half else attention_context)
     return fused_step
 
@@ -83,7 +93,7 @@ class FastTrainStep:
         self.model, self.optimizer, self.cfg, self.pad_id = model, optimizer, cfg, pad_id
         self.hoist_max_images = hoist_max_images
         self.decoder = model.decoder
-        self.step_fn = STEPS[self.decoder.cell_type]
+        self.step_fn = step_for(self.decoder)
         if kernel:
             self.step_fn = _with_kernels(self.step_fn, kernel_min_images, kernel_context)
         self.head = vocab_loss
@@ -173,3 +183,66 @@ def _restore(saved: dict, params, optimizer, extra) -> None:
                     v.copy_(before[k]) if k in before else v.zero_()
         for t, v in zip(extra, saved["extra"], strict=True):
             t.copy_(v)
+
+
+def use_fast_path(cfg: Config, model: nn.Module, device: torch.device,
+                  d: Dist | None = None) -> bool:
+    """Whether cross-entropy training runs :class:`FastCrossEntropy` (``train.fast_path``:
+    ``always``, ``never``, or ``auto`` = on CUDA when it applies: a decoder whose class
+    declares the fast path (:func:`captionkit.train.gpu.grouped.supports`) over a frozen
+    encoder, one process)."""
+    mode = cfg.train.fast_path
+    frozen = not cfg.encoder.trainable and cfg.encoder.finetune_blocks == 0
+    ok = (cfg.train.stage == "xe" and supports(model.decoder) and frozen
+          and not (d and d.active))
+    if mode == "always" and not ok:
+        raise CaptionKitError("train.fast_path=always needs cross-entropy training of a decoder "
+                              "that declares the fast path (lstm, gru) over a frozen encoder "
+                              "in one process")
+    return ok and (mode == "always" or (mode == "auto" and device.type == "cuda"))
+
+
+def check_finite(fast: FastTrainStep) -> None:
+    """Raise for the first update the fast step skipped on the device (a non-finite loss)."""
+    bad = int(fast.first_bad)
+    if bad >= 0:
+        raise NonFiniteLossError(f"loss became non-finite at step {bad} (its update was "
+                                 "skipped)", bad)
+
+
+class FastCrossEntropy(Stage):
+    """The cross-entropy stage through :class:`FastTrainStep` (compiled and graphed on CUDA):
+    captions grouped by image (at most ``k`` each), the logs left on the device and read every
+    100 steps, when a non-finite loss is also looked for (that update was skipped on the
+    device)."""
+
+    name = "xe"
+    logs = ("loss", "ce")
+    log_every = 100
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 device: torch.device, pad_id: int, k: int) -> None:
+        super().__init__(model, optimizer)
+        on_gpu = device.type == "cuda"
+        self.fast = FastTrainStep(model, optimizer, cfg, compile=on_gpu, graphs=on_gpu,
+                                  pad_id=pad_id, kernel=kernel_available(device),
+                                  hoist_max_images=cfg.fast_hoist_images,
+                                  compile_mode=cfg.fast_compile_mode)
+        self.device, self.k = device, k
+
+    def start(self, step: int) -> None:
+        super().start(step)
+        self.fast.step_no.fill_(step)
+
+    def step(self, batch) -> dict[str, Tensor]:
+        tokens = grouped_tokens(batch, self.k, self.device)  # (B, k, T)
+        if batch.features is not None:
+            feats = batch.features.to(self.device, non_blocking=True)  # (B, N, D)
+        else:  # pixels through the frozen encoder
+            with torch.no_grad():
+                feats = self.model.encode(batch.pixels.to(self.device, non_blocking=True))
+        loss, ce, _ = self.fast(feats, tokens)
+        return {"loss": loss, "ce": ce}
+
+    def check(self) -> None:
+        check_finite(self.fast)
