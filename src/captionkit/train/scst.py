@@ -99,11 +99,7 @@ class SelfCritical(Stage):
         keys)."""
         super().__init__(model, optimizer)
         self.cfg, self.device, self.vocab, self.cider = cfg, device, vocab, cider
-        self.image_ids, self.updates = image_ids, 0
-
-    def start(self, step: int) -> None:
-        super().start(step)
-        self.updates = step
+        self.image_ids = image_ids
 
     def step(self, batch: Batch) -> dict[str, Tensor]:
         cfg, vocab, model = self.cfg, self.vocab, self.model

@@ -38,10 +38,12 @@ class Stage:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
+        self.updates = 0  # the global step of the next update (named in errors)
 
     def start(self, step: int) -> None:
         """Called before each epoch with the global step it starts at."""
         self.model.train()
+        self.updates = step
 
     def step(self, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -63,7 +65,6 @@ class CrossEntropy(Stage):
                  device: torch.device, pad_id: int = 0, dist: Dist | None = None) -> None:
         super().__init__(net, optimizer)
         self.cfg, self.device, self.pad_id, self.dist = cfg, device, pad_id, dist or Dist()
-        self.updates = 0
 
     def step(self, batch: Batch) -> dict[str, Tensor]:
         b, d = batch.to(self.device), self.dist
@@ -82,10 +83,6 @@ class CrossEntropy(Stage):
         self.updates += 1
         logged = all_sum(torch.stack([loss.detach(), ce.detach()]), d) / d.world
         return {"loss": logged[0], "ce": logged[1]}
-
-    def start(self, step: int) -> None:
-        super().start(step)
-        self.updates = step
 
 
 def make_stage(cfg: Config, model: nn.Module, net: nn.Module,
