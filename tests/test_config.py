@@ -112,11 +112,11 @@ def test_choice_tuples_match_what_the_code_offers():
 
 
 RANGES = [  # a field, the worst value it still accepts, and the nearest one it refuses
-    ("train.epochs", 1, 0), ("train.batch_size", 1, 0), ("train.max_steps", 1, 0),
+    ("train.epochs", 1, 0), ("train.batch_size", 1, 0), ("train.max_steps", 0, -1),
     ("train.max_steps", None, -1), ("train.fast_hoist_images", 0, -1),
     ("train.scst_xe_weight", 0.0, -0.1), ("train.scst_samples", 1, 0),
     ("train.checkpoint_every", 0, -1), ("train.patience", 0, -1), ("train.bucket_pool", 0, -1),
-    ("train.warmup_steps", 0, -1), ("train.grad_clip", 0.0, -1.0), ("train.lr", 1e-9, 0.0),
+    ("train.warmup_steps", 0, -1), ("train.grad_clip", 0.0, -1.0), ("train.lr", 0.0, -1e-9),
     ("train.encoder_lr", 0.0, -1e-3), ("train.weight_decay", 0.0, -0.1),
     ("train.alpha_c", 0.0, -1.0), ("train.eval_max_len", 1, 0), ("train.grad_clip", 5.0, "nan"),
     ("decoder.dropout", 0.0, -0.1), ("decoder.dropout", 0.99, 1.0),
