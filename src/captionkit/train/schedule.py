@@ -7,8 +7,6 @@ import math
 from captionkit.config import LR_SCHEDULES
 from captionkit.errors import CaptionKitError
 
-SCHEDULES = LR_SCHEDULES  # validated in the config; named here for the schedule's callers
-
 
 def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
     """Factor on the base learning rate at ``step`` (0-based) of ``total_steps``.
@@ -26,4 +24,4 @@ def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_steps: int 
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":
         return 1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01
-    raise CaptionKitError(f"unknown lr_schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    raise CaptionKitError(f"unknown lr_schedule {schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
