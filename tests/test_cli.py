@@ -149,3 +149,12 @@ def test_serve_binds_to_loopback_by_default():
 
     args = build_parser().parse_args(["serve", "--checkpoint", "x"])
     assert args.host == "127.0.0.1" and args.runtime == "torch"
+
+
+def test_list_attention_prints_the_mechanisms_and_the_fast_path(capsys):
+    assert main(["list-attention"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:2] == ["name", "reads"]
+    table = {r.split()[0]: r for r in rows[1:]}
+    assert set(table) == {"additive", "aoa", "general", "scaled_dot"}
+    assert "yes" in table["additive"] and "reference path" in table["general"]

@@ -255,6 +255,21 @@ def cmd_list_decoders(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {fields:<44}  {text}")
 
 
+def cmd_list_attention(args: argparse.Namespace) -> None:
+    """The registered attention mechanisms as a table: name, the decoder.* fields it reads,
+    whether the GPU fast path runs it, description."""
+    from captionkit.config import DecoderConfig
+    from captionkit.models.attention import ATTENTIONS, fast_path_attention
+
+    print(f"{'name':<12}  {'reads decoder.*':<26}  {'GPU fast path':<19}  description")
+    for n in ATTENTIONS.names():
+        info = ATTENTIONS.info(n)
+        tiny = ATTENTIONS.get(n)(8, 8, DecoderConfig(attention=n, attention_dim=8, num_heads=1))
+        fast = "yes" if fast_path_attention(tiny) else "no (reference path)"
+        print(f"{n:<12}  {', '.join(info.get('fields', ())) or '-':<26}  {fast:<19}  "
+              f"{info.get('description', '')}")
+
+
 def _add_train(sub, encoders: str, decoders: str) -> None:
     from captionkit.config import STAGES
 
@@ -349,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights").set_defaults(func=cmd_list_encoders)
     sub.add_parser("list-decoders", help="registered decoders").set_defaults(
         func=cmd_list_decoders)
+    sub.add_parser("list-attention", help="registered attention mechanisms "
+                   "(--set decoder.attention=NAME)").set_defaults(func=cmd_list_attention)
     return p
 
 

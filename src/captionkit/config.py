@@ -75,6 +75,7 @@ class DecoderConfig:
     """Which caption decoder, and its sizes."""
 
     name: str = "lstm"  # a name in captionkit.models.DECODERS
+    attention: str = "additive"  # lstm/gru: a name in captionkit.models.attention.ATTENTIONS
     embed_dim: int = 64
     hidden_dim: int = 256
     attention_dim: int = 128

@@ -1,15 +1,18 @@
+import pytest
 import torch
 
 from captionkit.config import DecoderConfig
 from captionkit.infer.decoding import beam_search, greedy
+from captionkit.models.attention import ATTENTIONS
 from captionkit.models.decoders import build_decoder
 
 START, END, V = 1, 2, 12
 
 
-def _decoder(seed=0, name="lstm"):
+def _decoder(seed=0, name="lstm", attention="additive"):
     torch.manual_seed(seed)
-    cfg = DecoderConfig(name=name, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0)
+    cfg = DecoderConfig(name=name, attention=attention, embed_dim=8, hidden_dim=16,
+                        attention_dim=8, num_heads=2, dropout=0.0)
     return build_decoder(cfg, V, 6).eval()
 
 
@@ -29,6 +32,16 @@ def _reference_greedy(dec, feats, max_len):
             words.append(tok.item())
         out.append((words, sum(lps)))
     return out
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS.names())
+def test_greedy_is_beam_search_with_one_beam_for_every_mechanism(attention):
+    for name in ("lstm", "gru"):
+        dec = _decoder(3, name, attention)
+        feats = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(3))
+        hyps = greedy(dec, feats, start_id=START, end_id=END, max_len=7)
+        for h, (words, logp) in zip(hyps, _reference_greedy(dec, feats, 7), strict=True):
+            assert h.tokens == words and h.score == pytest.approx(logp, abs=1e-4)
 
 
 def test_greedy_is_beam_search_with_one_beam():

@@ -59,12 +59,16 @@ def shapes_vocab(shapes_root) -> Vocabulary:
     return Vocabulary.build((c for r in read_shapes(shapes_root) for c in r.captions), max_len=8)
 
 
-@pytest.fixture(scope="module", params=["lstm", "gru", "transformer"])
+@pytest.fixture(scope="module", params=["lstm", "gru", "transformer", "lstm+general", "gru+aoa",
+                                        "gru+scaled_dot"])
 def exported(request, tmp_path_factory, shapes_vocab) -> tuple[Path, Path]:
-    """(checkpoint, export folder) of a tiny shapes_cnn model with each decoder."""
-    root = tmp_path_factory.mktemp(f"export_{request.param}")
-    ckpt = _checkpoint(root / "ckpt", [f"decoder.name={request.param}"], shapes_vocab,
-                       end_bias=2.0)
+    """(checkpoint, export folder) of a tiny shapes_cnn model with each decoder (and the RNN
+    decoders with the other attention mechanisms)."""
+    root = tmp_path_factory.mktemp(f"export_{request.param.replace('+', '_')}")
+    name, _, attention = request.param.partition("+")
+    ckpt = _checkpoint(root / "ckpt", [f"decoder.name={name}",
+                                       f"decoder.attention={attention or 'additive'}"],
+                       shapes_vocab, end_bias=2.0)
     return ckpt, export_onnx(ckpt, root / "onnx")
 
 

@@ -4,9 +4,11 @@ import torch.nn.functional as F
 
 from captionkit.config import DecoderConfig
 from captionkit.errors import UnknownNameError
+from captionkit.models.attention import ATTENTIONS
 from captionkit.models.decoders import (
     DECODERS,
     AttentionRNNDecoder,
+    attention_decoders,
     build_decoder,
     fast_path_declared,
     gru_update,
@@ -17,11 +19,22 @@ from captionkit.models.decoders import (
 CFG = DecoderConfig(embed_dim=8, hidden_dim=16, attention_dim=12, dropout=0.0)
 
 
-@pytest.mark.parametrize("name", list_decoders())
-def test_forward_shapes_and_backward(name):
+# every decoder with its default attention, and every RNN decoder with every other mechanism
+PAIRS = [(d, DecoderConfig.attention) for d in list_decoders()] + [
+    (d, a) for d in attention_decoders() for a in ATTENTIONS.names()
+    if a != DecoderConfig.attention]
+
+
+def _build(name: str, attention: str):
+    return build_decoder(DecoderConfig(name=name, attention=attention, embed_dim=8,
+                                       hidden_dim=16, attention_dim=12, num_heads=2),
+                         vocab_size=11, feat_dim=6)
+
+
+@pytest.mark.parametrize("name,attention", PAIRS)
+def test_forward_shapes_and_backward(name, attention):
     torch.manual_seed(0)
-    dec = build_decoder(DecoderConfig(name=name, embed_dim=8, hidden_dim=16, attention_dim=12),
-                        vocab_size=11, feat_dim=6)
+    dec = _build(name, attention)
     feats = torch.randn(3, 5, 6, requires_grad=True)
     tokens = torch.randint(0, 11, (3, 4))
     logits, alphas = dec(feats, tokens)
@@ -31,12 +44,11 @@ def test_forward_shapes_and_backward(name):
     assert feats.grad is not None and torch.isfinite(feats.grad).all()
 
 
-@pytest.mark.parametrize("name", list_decoders())
-def test_step_reproduces_teacher_forcing(name):
+@pytest.mark.parametrize("name,attention", PAIRS)
+def test_step_reproduces_teacher_forcing(name, attention):
     """forward() and a loop of step() are the same computation (eval mode)."""
     torch.manual_seed(0)
-    dec = build_decoder(DecoderConfig(name=name, embed_dim=8, hidden_dim=16, attention_dim=12),
-                        vocab_size=11, feat_dim=6).eval()
+    dec = _build(name, attention).eval()
     feats = torch.randn(2, 5, 6)
     tokens = torch.randint(1, 11, (2, 4))  # no padding: every step is computed
     logits, alphas = dec(feats, tokens)

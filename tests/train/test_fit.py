@@ -76,3 +76,19 @@ def test_fit_skips_unreadable_images_and_lists_them(tiny_config, tmp_path):
 def test_max_steps_stops_early(tiny_config):
     result = fit(tiny_config.override(["train.max_steps=2", "train.epochs=5"]), progress=False)
     assert result.history[-1]["step"] == 2 and len(result.history) == 1
+
+
+def test_fit_trains_and_saves_any_attention_mechanism(tiny_config):
+    """The mechanism is part of the checkpoint's config (meta.json) and comes back on load."""
+    import captionkit
+
+    cfg = tiny_config.override(["decoder.attention=scaled_dot", "decoder.num_heads=2",
+                                "train.max_steps=2"])
+    result = fit(cfg, progress=False)
+    meta = json.loads((result.best_checkpoint / "meta.json").read_text())
+    assert meta["config"]["decoder"]["attention"] == "scaled_dot"
+    captioner = captionkit.load(result.best_checkpoint, precision="fp32")
+    assert type(captioner.model.decoder.attention).__name__ == "ScaledDotAttention"
+    records = by_split(load_records(cfg.data), "dev")
+    res = captioner.caption(records[0].image)
+    assert res.attention.shape == (len(res.words), *captioner.grid)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captionkit.config import DecoderConfig
-from captionkit.models.attention import AdditiveAttention
+from captionkit.errors import ConfigError
+from captionkit.models.attention import ATTENTIONS, build_attention
 from captionkit.registry import Registry
 
 State = tuple[Tensor, ...]
@@ -67,7 +68,7 @@ class AttentionRNNDecoder(nn.Module):
         h = cfg.hidden_dim
         self.vocab_size, self.hidden_dim = vocab_size, h
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.attention = AdditiveAttention(feat_dim, h, cfg.attention_dim)
+        self.attention = build_attention(cfg, feat_dim, h)  # decoder.attention
         cell = nn.LSTMCell if self.cell_type == "lstm" else nn.GRUCell
         self.cell = cell(cfg.embed_dim + feat_dim, h)  # its weights; the maths is cell_update
         self.init_h = nn.Linear(feat_dim, h)
@@ -174,7 +175,7 @@ def fast_path_declared(decoder: nn.Module) -> bool:
     return bool(vars(type(decoder)).get("FAST_PATH", False))
 
 
-RNN_FIELDS = ("embed_dim", "hidden_dim", "attention_dim", "dropout")  # the config it reads
+RNN_FIELDS = ("embed_dim", "hidden_dim", "attention", "dropout")  # + the attention's own
 
 
 @DECODERS.register("lstm", fields=RNN_FIELDS,
@@ -195,17 +196,35 @@ def build_decoder(cfg: DecoderConfig, vocab_size: int, feat_dim: int) -> nn.Modu
 
 
 def check_decoder_config(cfg: DecoderConfig) -> None:
-    """Checks that apply to the named decoder only (its registered ``check``), before any
-    work; raises :class:`~captionkit.errors.ConfigError` naming the field."""
-    check = DECODERS.info(cfg.name).get("check")
-    if check is not None:
-        check(cfg)
+    """Checks that apply to the named decoder and its attention mechanism only (their
+    registered ``check``), before any work: an unknown name raises
+    :class:`~captionkit.errors.UnknownNameError` listing the choices, a bad field or an
+    unsupported decoder/mechanism pair :class:`~captionkit.errors.ConfigError`."""
+    info = DECODERS.info(cfg.name)
+    if "attention" in info.get("fields", ()):
+        check = ATTENTIONS.info(cfg.attention).get("check")
+        if check is not None:
+            check(cfg)
+    elif cfg.attention != DecoderConfig.attention:
+        raise ConfigError(f"decoder.attention={cfg.attention!r} does not apply to the "
+                          f"{cfg.name} decoder (it has its own); decoders that take a "
+                          f"mechanism: {', '.join(attention_decoders())}")
+    if info.get("check") is not None:
+        info["check"](cfg)
 
 
-def decoder_fields(name: str) -> tuple[str, ...]:
-    """The ``decoder.*`` config fields the named decoder reads (its architecture, and
-    dropout)."""
-    return tuple(DECODERS.info(name).get("fields", ()))
+def attention_decoders() -> list[str]:
+    """The decoders that take ``decoder.attention``."""
+    return [n for n in DECODERS.names() if "attention" in DECODERS.info(n).get("fields", ())]
+
+
+def decoder_fields(cfg: DecoderConfig) -> tuple[str, ...]:
+    """The ``decoder.*`` config fields the named decoder reads (its architecture, its
+    attention mechanism's, and dropout)."""
+    fields = tuple(DECODERS.info(cfg.name).get("fields", ()))
+    if "attention" in fields:
+        fields += tuple(ATTENTIONS.info(cfg.attention).get("fields", ()))
+    return fields
 
 
 def list_decoders() -> list[str]:

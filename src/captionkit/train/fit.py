@@ -92,7 +92,7 @@ def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionMode
     model, init_cfg, vocab, _ = load_checkpoint(cfg.train.init, str(device))
     diff = [f"encoder.name: checkpoint {init_cfg.encoder.name!r}, config {cfg.encoder.name!r}"]
     diff = diff if init_cfg.encoder.name != cfg.encoder.name else []
-    fields = ("name", *decoder_fields(init_cfg.decoder.name))  # only what the decoder reads
+    fields = ("name", *decoder_fields(init_cfg.decoder))  # only what the decoder reads
     for k in fields:
         v, want = getattr(init_cfg.decoder, k), getattr(cfg.decoder, k)
         if k != "dropout" and want != v:

@@ -87,6 +87,17 @@ def test_fast_path_choice(tiny_config):
         frozen.override(["train.fast_path=maybe"])
 
 
+def test_other_attention_mechanisms_run_the_reference_path_and_say_so(tiny_config, capsys):
+    from captionkit.models.captioner import build_model
+
+    cfg = tiny_config.override(["encoder.trainable=false", "decoder.attention=general"])
+    model = build_model(cfg, 20)
+    assert not use_fast_path(cfg, model, torch.device("cuda"))
+    assert "general attention trains on the reference path" in capsys.readouterr().out
+    with pytest.raises(CaptionKitError, match="declares the fast path"):
+        use_fast_path(cfg.override(["train.fast_path=always"]), model, torch.device("cpu"))
+
+
 def test_fast_path_never_trains_a_decoder_that_did_not_declare_it(tiny_config):
     """A subclass of the LSTM decoder inherits its layers but not its declaration: the fast
     path would compute the parent's maths, so it is not used (auto) or refused (always)."""

@@ -41,6 +41,7 @@ from captionkit.models.attention import (
     additive_score,
     attention_context,
     attention_weights,
+    fast_path_attention,
     gate_value,
 )
 from captionkit.models.decoders import fast_path_declared
@@ -308,7 +309,9 @@ def grouped_loss(decoder: nn.Module, feats: Tensor, tokens: Tensor, alpha_c: flo
 
 
 def supports(decoder: nn.Module) -> bool:
-    """Whether the fast step can train ``decoder``: its class declares that the fast path
-    computes its maths (:func:`captionkit.models.decoders.fast_path_declared`; never
-    inherited, so a subclass that changes the maths is not trained with the parent's)."""
-    return fast_path_declared(decoder)
+    """Whether the fast step can train ``decoder``: its class and its attention mechanism's
+    class declare that the fast path computes their maths
+    (:func:`captionkit.models.decoders.fast_path_declared`,
+    :func:`captionkit.models.attention.fast_path_attention`; never inherited, so a subclass
+    that changes the maths is not trained with the parent's)."""
+    return fast_path_declared(decoder) and fast_path_attention(decoder.attention)

@@ -199,6 +199,10 @@ def use_fast_path(cfg: Config, model: nn.Module, device: torch.device,
         raise CaptionKitError("train.fast_path=always needs cross-entropy training of a decoder "
                               "that declares the fast path (lstm, gru) over a frozen encoder "
                               "in one process")
+    if mode == "auto" and device.type == "cuda" and frozen and not supports(model.decoder):
+        print(f"train.fast_path=auto: {cfg.decoder.name} with {cfg.decoder.attention} attention "
+              "trains on the reference path (the GPU fast path runs lstm/gru with additive "
+              "attention)")
     return ok and (mode == "always" or (mode == "auto" and device.type == "cuda"))
 
 
