@@ -60,14 +60,19 @@ def test_general_is_luongs_h_W_f():
     torch.testing.assert_close(ctx, torch.einsum("bn,bnd->bd", want, feats))
 
 
+def _torch_heads(att, feats, h, heads=2, d=4):
+    """q, k, v per head from the mechanism's layers, and torch's own attention over them."""
+    q = att.q(h).view(B, heads, 1, d)
+    k, v = att.kv(feats).view(B, N, 2, heads, d).permute(2, 0, 3, 1, 4)
+    return q, k, F.scaled_dot_product_attention(q, k, v).reshape(B, heads * d)
+
+
 def test_scaled_dot_is_multi_head_attention_with_the_mean_map():
     att = _mechanism("scaled_dot")
     feats, h = _inputs()
     ctx, alpha = att(feats, att.project(feats), h)
-    heads, d = 2, 4
-    q = att.q(h).view(B, heads, 1, d)
-    k, v = att.kv(feats).view(B, N, 2, heads, d).permute(2, 0, 3, 1, 4)
-    want = F.scaled_dot_product_attention(q, k, v).reshape(B, heads * d)  # torch's own
+    q, k, want = _torch_heads(att, feats, h)
+    d = q.size(-1)
     torch.testing.assert_close(ctx, att.out(want), rtol=1e-5, atol=1e-6)
     maps = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1)  # (B, heads, 1, N)
     torch.testing.assert_close(alpha, maps.mean(1).squeeze(1))
@@ -77,10 +82,7 @@ def test_aoa_gates_an_information_vector_over_the_attended_one():
     att = _mechanism("aoa")
     feats, h = _inputs()
     ctx, alpha = att(feats, att.project(feats), h)
-    heads, d = 2, 4
-    q = att.q(h).view(B, heads, 1, d)
-    k, v = att.kv(feats).view(B, N, 2, heads, d).permute(2, 0, 3, 1, 4)
-    attended = F.scaled_dot_product_attention(q, k, v).reshape(B, heads * d)
+    _, _, attended = _torch_heads(att, feats, h)
     w_i, w_g = att.aoa.weight.chunk(2)  # information rows, gate rows
     b_i, b_g = att.aoa.bias.chunk(2)
     x = torch.cat([attended, h], -1)

@@ -199,7 +199,9 @@ def use_fast_path(cfg: Config, model: nn.Module, device: torch.device,
         raise CaptionKitError("train.fast_path=always needs cross-entropy training of a decoder "
                               "that declares the fast path (lstm, gru) over a frozen encoder "
                               "in one process")
-    if mode == "auto" and device.type == "cuda" and frozen and not supports(model.decoder):
+    only_the_decoder = cfg.train.stage == "xe" and frozen and not (d and d.active)
+    if (mode == "auto" and device.type == "cuda" and only_the_decoder
+            and not supports(model.decoder)):
         print(f"train.fast_path=auto: {cfg.decoder.name} with {cfg.decoder.attention} attention "
               "trains on the reference path (the GPU fast path runs lstm/gru with additive "
               "attention)")
