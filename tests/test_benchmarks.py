@@ -1,6 +1,7 @@
 """The benchmarks run end to end (tiny sizes, on the CPU), so a lent device's few minutes
 are never spent on a script that fails before its first row."""
 
+import json
 import os
 import re
 import subprocess
@@ -57,3 +58,41 @@ def test_train_speed_times_the_plain_baseline_and_ends_with_the_ratio():
     assert lines[-1].startswith("train_speedup_vs_plain=")
     assert figures.pop("extract_images_per_s") == "nan"
     assert all(float(v) > 0 for v in figures.values())
+
+
+def test_attention_lab_measures_rows_reuses_them_and_writes_the_report(tmp_path):
+    """Two shapes rows in seconds: each row's JSON, the table, the doc with its figure, the
+    closing key=value lines; a second call reuses the rows (trains nothing)."""
+    out, doc = tmp_path / "lab", tmp_path / "doc" / "attention_lab.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "attention_lab.py"), "--bench", "shapes",
+           "--rows", "lstm:additive,updown:adaptive", "--shapes-epochs", "1",
+           "--set", "train.max_steps=2", "--set", "data.num_train=32", "--set",
+           "data.num_dev=8", "--set", "data.num_test=8", "--shapes-root",
+           str(tmp_path / "shapes"), "--repeats", "1", "--out", str(out), "--doc", str(doc)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert [line.split("=")[0] for line in lines[-4:]] == [
+        "best_mechanism", "best_cider_d", "additive_cider_d", "shapes_min_soft_hit_rate"]
+    assert lines[-4] == "best_mechanism=n/a"  # no Flickr8k rows
+    assert 0 <= float(lines[-1].split("=")[1]) <= 1
+    rows = sorted(p.parent.name for p in out.glob("shapes/*/lab_row.json"))
+    assert rows == ["lstm_additive", "updown_adaptive"]
+    text = doc.read_text()
+    assert "| shapes | updown | adaptive |" in text and (doc.with_suffix(".png")).is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert again.returncode == 0 and again.stdout.count("reused") == 2
+
+
+def test_attention_speed_times_each_row_and_the_plain_baseline(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "attention_speed.py"), "--rows",
+           "lstm:additive,updown:hard", "--train-steps", "1", "--repeats", "1", "--out",
+           str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = _figures(run.stdout.strip().splitlines())
+    assert list(figures) == ["plain_captions_per_s", "lstm_additive_captions_per_s",
+                             "updown_hard_captions_per_s", "additive_speedup_vs_plain"]
+    assert all(float(v) > 0 for v in figures.values())
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert set(saved["rows"]) == {"lstm:additive", "updown:hard"}

@@ -105,7 +105,7 @@ def test_console_script_module_entry():
                          capture_output=True, text=True, check=True)
     rows = out.stdout.splitlines()
     assert rows[0].split()[0] == "name"
-    assert [r.split()[0] for r in rows[1:]] == ["gru", "lstm", "transformer"]
+    assert [r.split()[0] for r in rows[1:]] == ["gru", "lstm", "transformer", "updown"]
     assert "hidden_dim, num_layers, num_heads" in rows[3]  # what the transformer reads
 
 
@@ -156,5 +156,6 @@ def test_list_attention_prints_the_mechanisms_and_the_fast_path(capsys):
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split()[:2] == ["name", "reads"]
     table = {r.split()[0]: r for r in rows[1:]}
-    assert set(table) == {"additive", "aoa", "general", "scaled_dot"}
+    assert set(table) == {"adaptive", "additive", "aoa", "general", "hard", "scaled_dot"}
     assert "yes" in table["additive"] and "reference path" in table["general"]
+    assert "previous" in table["additive"] and "current" in table["adaptive"]

@@ -124,9 +124,11 @@ def cmd_caption(args: argparse.Namespace) -> None:
         for i, (path, res) in enumerate(zip(chunk, results, strict=True), start=s):
             print(f"{path}\t{res.text}")
             if out:
-                out.write(json.dumps({"image": str(path), "caption": res.text,
-                                      "score": res.score, "alternatives": res.alternatives})
-                          + "\n")
+                row = {"image": str(path), "caption": res.text, "score": res.score,
+                       "alternatives": res.alternatives}
+                if res.beta is not None:  # adaptive attention: per-word sentinel weight
+                    row["beta"] = [round(b, 4) for b in res.beta]
+                out.write(json.dumps(row) + "\n")
             if args.attention_map:
                 target = Path(args.attention_map)
                 if len(files) > 1:
@@ -257,17 +259,20 @@ def cmd_list_decoders(args: argparse.Namespace) -> None:
 
 def cmd_list_attention(args: argparse.Namespace) -> None:
     """The registered attention mechanisms as a table: name, the decoder.* fields it reads,
-    whether the GPU fast path runs it, description."""
+    its query (the previous or the current hidden state), whether the GPU fast path runs it,
+    description."""
     from captionkit.config import DecoderConfig
     from captionkit.models.attention import ATTENTIONS, fast_path_attention
 
-    print(f"{'name':<12}  {'reads decoder.*':<26}  {'GPU fast path':<19}  description")
+    print(f"{'name':<12}  {'reads decoder.*':<26}  {'query':<8}  {'GPU fast path':<19}  "
+          "description")
     for n in ATTENTIONS.names():
         info = ATTENTIONS.info(n)
-        tiny = ATTENTIONS.get(n)(8, 8, DecoderConfig(attention=n, attention_dim=8, num_heads=1))
+        tiny = ATTENTIONS.get(n)(8, 8, DecoderConfig(attention=n, attention_dim=8, num_heads=1),
+                                 8)
         fast = "yes" if fast_path_attention(tiny) else "no (reference path)"
-        print(f"{n:<12}  {', '.join(info.get('fields', ())) or '-':<26}  {fast:<19}  "
-              f"{info.get('description', '')}")
+        print(f"{n:<12}  {', '.join(info.get('fields', ())) or '-':<26}  {tiny.QUERY:<8}  "
+              f"{fast:<19}  {info.get('description', '')}")
 
 
 def _add_train(sub, encoders: str, decoders: str) -> None:

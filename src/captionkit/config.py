@@ -33,6 +33,7 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 SCST_BASELINES = ("greedy", "mean")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 SELECT_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")  # the validation metrics
+HARD_DECODES = ("argmax", "expected")  # hard attention at test time
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -82,12 +83,14 @@ class DecoderConfig:
     dropout: float = 0.5
     num_layers: int = 2  # transformer decoder blocks (the RNN decoders have one layer)
     num_heads: int = 4  # transformer attention heads
+    hard_decode: str = "argmax"  # hard attention at test time: argmax region | expected context
 
     def __post_init__(self) -> None:
         _at_least("decoder", self, embed_dim=1, hidden_dim=1, attention_dim=1, num_layers=1,
                   num_heads=1)
         if not 0 <= _number("decoder.dropout", self.dropout) < 1:
             raise ConfigError(f"decoder.dropout must be in [0, 1), got {self.dropout!r}")
+        _one_of("decoder", self, hard_decode=HARD_DECODES)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class TrainConfig:
     fast_path: str = "auto"  # grouped fast step: always | never | auto (CUDA: compiled+graphs)
     fast_hoist_images: int = 0  # fast step: context product out of the recurrence at <= N images
     fast_compile_mode: str = "default"  # fast step on CUDA: default | max-autotune-no-cudagraphs
+    hard_reinforce: float = 1.0  # hard attention: weight of the REINFORCE term (lambda_r)
+    hard_entropy: float = 0.01  # hard attention: weight of the entropy bonus (lambda_e)
+    hard_baseline_decay: float = 0.9  # hard attention: moving-average reward baseline
 
     def __post_init__(self) -> None:
         _one_of("train", self, stage=STAGES, fast_path=FAST_PATHS, lr_schedule=LR_SCHEDULES,
@@ -133,7 +139,10 @@ class TrainConfig:
         _at_least("train", self, epochs=1, batch_size=1, encoder_lr=0, weight_decay=0,
                   grad_clip=0, alpha_c=0, warmup_steps=0, eval_max_len=1, patience=0,
                   scst_samples=1, scst_xe_weight=0, checkpoint_every=0, bucket_pool=0,
-                  fast_hoist_images=0)
+                  fast_hoist_images=0, hard_reinforce=0, hard_entropy=0, hard_baseline_decay=0)
+        if not _number("train.hard_baseline_decay", self.hard_baseline_decay) < 1:
+            raise ConfigError("train.hard_baseline_decay must be in [0, 1), got "
+                              f"{self.hard_baseline_decay!r}")
         _at_least("train", self, lr=0)  # 0 trains nothing, as older runs may have done
         if self.max_steps is not None:  # 0: stop before the first step (smoke tests)
             _at_least("train", self, max_steps=0)

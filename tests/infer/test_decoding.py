@@ -4,7 +4,7 @@ import torch
 from captionkit.config import DecoderConfig
 from captionkit.infer.decoding import beam_search, greedy
 from captionkit.models.attention import ATTENTIONS
-from captionkit.models.decoders import build_decoder
+from captionkit.models.decoders import attention_decoders, build_decoder
 
 START, END, V = 1, 2, 12
 
@@ -36,7 +36,7 @@ def _reference_greedy(dec, feats, max_len):
 
 @pytest.mark.parametrize("attention", ATTENTIONS.names())
 def test_greedy_is_beam_search_with_one_beam_for_every_mechanism(attention):
-    for name in ("lstm", "gru"):
+    for name in attention_decoders():
         dec = _decoder(3, name, attention)
         feats = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(3))
         hyps = greedy(dec, feats, start_id=START, end_id=END, max_len=7)

@@ -59,8 +59,9 @@ def shapes_vocab(shapes_root) -> Vocabulary:
     return Vocabulary.build((c for r in read_shapes(shapes_root) for c in r.captions), max_len=8)
 
 
-@pytest.fixture(scope="module", params=["lstm", "gru", "transformer", "lstm+general", "gru+aoa",
-                                        "gru+scaled_dot"])
+@pytest.fixture(scope="module", params=["lstm", "gru", "transformer", "updown", "lstm+general",
+                                        "gru+aoa", "gru+scaled_dot", "lstm+adaptive",
+                                        "updown+adaptive", "lstm+hard", "updown+hard"])
 def exported(request, tmp_path_factory, shapes_vocab) -> tuple[Path, Path]:
     """(checkpoint, export folder) of a tiny shapes_cnn model with each decoder (and the RNN
     decoders with the other attention mechanisms)."""

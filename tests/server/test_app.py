@@ -177,3 +177,27 @@ def test_sniff_formats():
     assert sniff(encode(photo(), "JPEG")) == "JPEG"
     assert sniff(encode(photo(), "WEBP")) == "WEBP"
     assert sniff(b"GIF89a...") == "GIF" and sniff(b"%PDF-1.4") is None
+
+
+def test_adaptive_attention_answers_with_beta_per_word(shapes_root, tmp_path):
+    """A model with the adaptive (sentinel) mechanism: the response carries each word's beta,
+    1 - the sum of its map (both rounded), beside the heatmaps the page draws."""
+    import torch
+
+    from captionkit.checkpoint import save_checkpoint
+    from captionkit.config import Config
+    from captionkit.data import load_records
+    from captionkit.data.vocab import Vocabulary
+    from captionkit.models.captioner import build_model
+
+    torch.manual_seed(0)
+    cfg = Config().override([f"data.root={shapes_root}", "decoder.embed_dim=16",
+                             "decoder.hidden_dim=32", "decoder.attention_dim=16",
+                             "decoder.attention=adaptive"])
+    vocab = Vocabulary.build(c for r in load_records(cfg.data) for c in r.captions)
+    ckpt = save_checkpoint(tmp_path / "ckpt", build_model(cfg, len(vocab)), cfg, vocab)
+    with TestClient(create_app(load(ckpt, precision="fp32"), ServeConfig(), str(ckpt))) as c:
+        body = post(c, encode(photo(), "JPEG"), beam=1, attention="true").json()
+    assert body["words"] and len(body["beta"]) == len(body["words"])
+    for b, m in zip(body["beta"], body["attention"]["maps"], strict=True):
+        assert 0 <= b <= 1 and abs(b - (1 - sum(m))) < 1e-3

@@ -1,6 +1,8 @@
 import json
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -92,3 +94,78 @@ def test_fit_trains_and_saves_any_attention_mechanism(tiny_config):
     records = by_split(load_records(cfg.data), "dev")
     res = captioner.caption(records[0].image)
     assert res.attention.shape == (len(res.words), *captioner.grid)
+
+
+def test_hard_attention_trains_with_reinforce(tiny_config):
+    """The xe stage adds hard attention's REINFORCE terms (a moving-average baseline of the
+    captions' log-likelihood) and training lowers the cross-entropy."""
+    torch.manual_seed(0)
+    cfg = tiny_config.override(["decoder.attention=hard"])
+    records = load_records(cfg.data)
+    train = by_split(records, "train")
+    vocab = Vocabulary.build(c for r in train for c in r.captions)
+    model = build_model(cfg, len(vocab))
+    ds = ImageCaptionDataset(train, vocab, model.encoder.preprocess)
+    loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=ds.collate)
+    opt = build_optimizer(model, cfg.train.__class__(lr=3e-3, encoder_lr=3e-3))
+    stage = CrossEntropy(model, opt, cfg.train, torch.device("cpu"), vocab.pad_id)
+    assert stage.hard and stage.baseline is None
+    first, step = train_one_epoch(stage, loader, cfg.train, 0, 40, progress=False)
+    baseline = stage.baseline
+    assert baseline is not None and baseline < 0  # a mean log-likelihood
+    for _ in range(4):
+        last, step = train_one_epoch(stage, loader, cfg.train, step, 40, progress=False)
+    assert last["ce"] < first["ce"] and stage.baseline != baseline
+    soft = CrossEntropy(build_model(tiny_config, len(vocab)), opt, cfg.train,
+                        torch.device("cpu"), vocab.pad_id)
+    assert not soft.hard
+
+
+def test_adaptive_attention_reports_beta_per_word(tiny_config):
+    """An adaptive checkpoint captions with the sentinel's weight per word: 1 - the sum of the
+    word's map, in the result and in `caption --out` JSON."""
+    import captionkit
+    from captionkit.cli import main
+
+    cfg = tiny_config.override(["decoder.attention=adaptive", "train.epochs=3", "train.lr=3e-3"])
+    ckpt = fit(cfg, progress=False).best_checkpoint
+    captioner = captionkit.load(ckpt, precision="fp32")
+    image = by_split(load_records(cfg.data), "dev")[0].image
+    res = captioner.caption(image)
+    assert res.beta is not None and len(res.beta) == len(res.words) > 0
+    for b, att in zip(res.beta, res.attention, strict=True):
+        assert 0 <= b <= 1 and abs(b - (1 - att.sum())) < 1e-5
+    out = Path(cfg.train.out_dir) / "caps.jsonl"
+    assert main(["caption", str(image), "--checkpoint", str(ckpt), "--json", str(out)]) == 0
+    row = json.loads(out.read_text().splitlines()[0])
+    assert len(row["beta"]) == len(row["caption"].split())
+    additive = captionkit.load(fit(tiny_config.override(["train.max_steps=1"]),
+                                   progress=False).best_checkpoint)
+    assert additive.caption(image).beta is None
+
+
+PRODUCT = [(d, a) for d in ("lstm", "gru", "updown")
+           for a in ("additive", "general", "scaled_dot", "aoa", "adaptive", "hard")]
+
+
+@pytest.mark.parametrize("decoder,attention", PRODUCT)
+def test_every_decoder_and_mechanism_trains_saves_scst_and_captions(tiny_config, tmp_path,
+                                                                    decoder, attention):
+    """The registry product end to end: cross-entropy steps, the checkpoint (mechanism in
+    meta.json), an SCST step from it, and a caption with per-word maps from the API."""
+    import captionkit
+
+    base = tiny_config.override([f"decoder.name={decoder}", f"decoder.attention={attention}",
+                                 "decoder.num_heads=2", "train.max_steps=2"])
+    xe = fit(base, progress=False)
+    meta = json.loads((xe.best_checkpoint / "meta.json").read_text())
+    assert (meta["config"]["decoder"]["name"], meta["config"]["decoder"]["attention"]) == (
+        decoder, attention)
+    scst = fit(base.override(["train.stage=scst", f"train.init={xe.best_checkpoint}",
+                              "train.scst_samples=2", "train.max_steps=1",
+                              f"train.out_dir={tmp_path / 'scst'}"]), progress=False)
+    assert scst.history[0]["step"] == 1 and math.isfinite(scst.history[0]["loss"])
+    captioner = captionkit.load(scst.best_checkpoint, precision="fp32")
+    res = captioner.caption(by_split(load_records(base.data), "dev")[0].image, max_len=4)
+    assert res.attention.shape == (len(res.words), *captioner.grid)
+    assert (res.beta is not None) == (attention == "adaptive")

@@ -44,9 +44,9 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _cfg(tiny_config, out: Path):
+def _cfg(tiny_config, out: Path, extra: tuple[str, ...] = ()):
     return tiny_config.override(["train.epochs=2", "train.checkpoint_every=1",
-                                 f"train.out_dir={out}", "decoder.dropout=0.3"])
+                                 f"train.out_dir={out}", "decoder.dropout=0.3", *extra])
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -61,12 +61,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("kill_at,mode", [(6, "after-save"), (3, "mid-save")])
+# the default model, and hard attention on updown (sampled regions, a REINFORCE baseline)
+HARD = ("decoder.name=updown", "decoder.attention=hard")
+
+
+@pytest.mark.parametrize("kill_at,mode,extra", [(6, "after-save", ()), (3, "mid-save", ()),
+                                                (5, "after-save", HARD)])
 def test_sigkill_then_resume_is_bitwise_identical(tiny_config, tmp_path, one_thread, kill_at,
-                                                  mode):
-    ref = fit(_cfg(tiny_config, tmp_path / "ref"), progress=False)
+                                                  mode, extra):
+    ref = fit(_cfg(tiny_config, tmp_path / "ref", extra), progress=False)
     assert ref.history[-1]["step"] == 8  # 2 epochs x 4 batches; kill points are mid-epoch
-    cfg = _cfg(tiny_config, tmp_path / "run")
+    cfg = _cfg(tiny_config, tmp_path / "run", extra)
     cfg.save(tmp_path / "cfg.yaml")
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "cfg.yaml"),

@@ -23,6 +23,8 @@ from captionkit.data.features import fast_inference
 from captionkit.data.images import Preprocess, load_image
 from captionkit.data.vocab import Vocabulary
 from captionkit.infer.decoding import beam_search
+from captionkit.models.attention import sentinel_beta
+from captionkit.models.decoders import has_sentinel
 from captionkit.models.precision import inference_decoder
 from captionkit.models.precision import resolve as resolve_precision
 
@@ -37,6 +39,8 @@ class CaptionResult:
     attention: np.ndarray  # (T, grid_h, grid_w), one map per word
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # k-best (text, score)
     image: Image.Image | None = None
+    # adaptive attention: per word, the weight on the visual sentinel (1 - beta: on the image)
+    beta: list[float] | None = None
 
 
 class BaseCaptioner(ABC):
@@ -57,6 +61,7 @@ class BaseCaptioner(ABC):
         self.grid = tuple(grid)
         self.device = torch.device(device)
         self.dtype = dtype
+        self.sentinel = has_sentinel(cfg.decoder)  # results carry per-word beta
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,9 +99,11 @@ class BaseCaptioner(ABC):
     def _result(self, beams: list) -> CaptionResult:
         best = beams[0]
         words = [self.vocab.itos[t] for t in best.tokens]
-        att = best.alphas[: len(words)].float().numpy().reshape(len(words), *self.grid)
+        maps = best.alphas[: len(words)].float()  # (T, N)
+        att = maps.numpy().reshape(len(words), *self.grid)
         alts = [(self.vocab.decode(h.tokens), h.score) for h in beams]
-        return CaptionResult(" ".join(words), words, best.score, att, alts)
+        beta = sentinel_beta(maps).tolist() if self.sentinel else None
+        return CaptionResult(" ".join(words), words, best.score, att, alts, beta=beta)
 
 
 class Captioner(BaseCaptioner):

@@ -4,4 +4,4 @@ attention, decoders (``forward`` for teacher forcing, ``step`` for generation), 
 
 Importing the package registers every built-in decoder."""
 
-from captionkit.models import decoders, transformer  # noqa: F401  (registration)
+from captionkit.models import decoders, transformer, updown  # noqa: F401  (registration)

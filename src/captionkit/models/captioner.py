@@ -31,13 +31,17 @@ class CaptionModel(nn.Module):
 
     def forward(self, tokens: Tensor, image_index: Tensor | None = None, *,
                 pixels: Tensor | None = None,
-                features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                features: Tensor | None = None,
+                extras: dict | None = None) -> tuple[Tensor, Tensor]:
         """Teacher forcing over tokens (C, T) of images given as ``pixels`` or cached
         ``features`` (see :meth:`grid_features`). ``image_index`` (C,) maps each of C captions
         to its image, so the encoder and the attention projection run once per image however
-        many captions it has."""
+        many captions it has. ``extras`` (a dict) receives a stochastic attention's per-step
+        choices (see :func:`captionkit.models.decoders.teacher_forcing`)."""
         feats = self.grid_features(pixels, features)  # (B, N, D)
-        return self.decoder(feats, tokens, image_index)  # (C, T, V), (C, T, N)
+        if extras is None:
+            return self.decoder(feats, tokens, image_index)  # (C, T, V), (C, T, N)
+        return self.decoder(feats, tokens, image_index, extras=extras)
 
     def train(self, mode: bool = True) -> CaptionModel:
         """Like nn.Module.train, but a frozen encoder stays in eval mode (BatchNorm statistics

@@ -7,7 +7,10 @@ Every decoder implements:
 - ``init_state(feats) -> state``: a tuple of tensors whose first dimension is the batch.
 - ``step(feats, state, token) -> (logits, state, alpha)``: one generation step, (B, V) and (B, N).
 
-Decoding (captionkit.infer.decoding) needs nothing else, whatever the decoder.
+Decoding (captionkit.infer.decoding) needs nothing else, whatever the decoder. The RNN decoders
+(``lstm``, ``gru``, ``updown``) take any mechanism of the attention registry
+(``decoder.attention``); ``forward(..., extras={})`` also fills ``extras`` with the per-step
+choice log-probabilities and entropies of a stochastic (hard) mechanism, for its REINFORCE loss.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 
 from captionkit.config import DecoderConfig
 from captionkit.errors import ConfigError
-from captionkit.models.attention import ATTENTIONS, build_attention
+from captionkit.models.attention import ATTENTIONS, CellView, build_attention
 from captionkit.registry import Registry
 
 State = tuple[Tensor, ...]
@@ -50,6 +53,9 @@ class AttentionRNNDecoder(nn.Module):
     """Show-Attend-Tell decoder: attend with the previous hidden state, feed [embedding; context]
     to the recurrent cell, and predict the next word with SAT's deep output
     ``L_o(E y_{t-1} + L_h h_t + L_z z_t)`` from the embedding, new hidden state and context.
+    A mechanism whose query is the current state (``QUERY = "current"``: Luong, Lu, AoANet)
+    runs in their order instead: the cell reads [embedding; mean feature], the new state
+    attends, and the context feeds the same deep output.
 
     The maths lives in small public pieces (:meth:`initial_hidden`, the attention's functions,
     :meth:`input_weights`, :attr:`cell_update`, :meth:`deep_output`, :meth:`output_head`) that
@@ -68,7 +74,9 @@ class AttentionRNNDecoder(nn.Module):
         h = cfg.hidden_dim
         self.vocab_size, self.hidden_dim = vocab_size, h
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.attention = build_attention(cfg, feat_dim, h)  # decoder.attention
+        # decoder.attention; the cell reads [embedding; context or mean feature] (E + D)
+        self.attention = build_attention(cfg, feat_dim, h, cfg.embed_dim + feat_dim)
+        self.attend_first = self.attention.QUERY == "previous"
         cell = nn.LSTMCell if self.cell_type == "lstm" else nn.GRUCell
         self.cell = cell(cfg.embed_dim + feat_dim, h)  # its weights; the maths is cell_update
         self.init_h = nn.Linear(feat_dim, h)
@@ -77,7 +85,7 @@ class AttentionRNNDecoder(nn.Module):
         # SAT's deep output: the word is read from the hidden state, the context attended at
         # this step and the previous word together (so where it looks matters for what it says).
         self.out_h = nn.Linear(h, cfg.embed_dim)
-        self.out_ctx = nn.Linear(feat_dim, cfg.embed_dim, bias=False)
+        self.out_ctx = nn.Linear(self.attention.context_dim, cfg.embed_dim, bias=False)
         self.out = nn.Linear(cfg.embed_dim, vocab_size)
 
     def initial_hidden(self, feats: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,51 +122,81 @@ class AttentionRNNDecoder(nn.Module):
         """(dropout, vocabulary layer): ``logits = out(dropout(deep_output))``."""
         return self.dropout, self.out
 
-    def _advance(self, feats: Tensor, state: State, emb: Tensor) -> tuple[Tensor, State, Tensor]:
+    def _advance(self, feats: Tensor, state: State, emb: Tensor,
+                 record: list | None = None) -> tuple[Tensor, State, Tensor]:
         """One recurrence; returns the pre-vocabulary output (B, E), the new state, alpha."""
         h, c, keys = state
-        ctx, alpha = self.attention(feats, keys, h)  # (B, D), (B, N)
-        x = torch.cat([emb, ctx], dim=1)  # (B, E + D): the order input_weights() splits
+        extra = {} if record is None else {"record": record}
+        if self.attend_first:
+            ctx, alpha = self.attention(feats, keys, h, **extra)  # (B, C), (B, N)
+            x = torch.cat([emb, ctx], dim=1)  # (B, E + D): the order input_weights() splits
+        else:
+            x = torch.cat([emb, feats.mean(dim=1)], dim=1)  # (B, E + D)
         xg = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)  # (B, G)
-        h, c = self.cell_update(xg, F.linear(h, *self.recurrent_layer()), h, c)  # (B, H)
-        return self.deep_output(emb, h, ctx), (h, c, keys), alpha
+        h_new, c = self.cell_update(xg, F.linear(h, *self.recurrent_layer()), h, c)  # (B, H)
+        if not self.attend_first:
+            memory = c if self.cell_type == "lstm" else h_new  # a GRU's memory is its state
+            ctx, alpha = self.attention(feats, keys, h_new, CellView(x, h, memory), **extra)
+        return self.deep_output(emb, h_new, ctx), (h_new, c, keys), alpha
 
     def step(self, feats: Tensor, state: State, token: Tensor) -> tuple[Tensor, State, Tensor]:
         """One generation step from the previous token (B,) -> logits (B, V), alpha (B, N)."""
         out, state, alpha = self._advance(feats, state, self.embed(token))
         return self.out(self.dropout(out)), state, alpha  # (B, V)
 
-    def forward(self, feats: Tensor, tokens: Tensor,
-                image_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, feats: Tensor, tokens: Tensor, image_index: Tensor | None = None,
+                extras: dict | None = None) -> tuple[Tensor, Tensor]:
         """Teacher forcing over tokens (C, T) -> logits (C, T, V), alphas (C, T, N).
 
         ``image_index`` (C,) maps each caption to a row of ``feats`` (B, N, D), so the attention
         projection is computed once per image rather than once per caption. Steps after a
         caption's last real token are skipped (their outputs are zero; the loss masks them).
         """
-        keys = self.attention.project(feats)  # (B, N, A): once per image
-        if image_index is not None:
-            feats, keys = feats[image_index], keys[image_index]  # (C, N, D), (C, N, A)
-        nonpad = tokens.ne(0)  # (C, T) <pad> is id 0
-        last = tokens.size(1) - nonpad.flip(1).int().argmax(1)  # (C,) one past the last real token
-        lengths = torch.where(nonpad.any(1), last, torch.zeros_like(last))
-        order = lengths.argsort(descending=True)
-        feats, keys, emb = feats[order], keys[order], self.embed(tokens[order])  # (C, T, E)
-        active = [int(n) for n in (lengths.unsqueeze(1) > torch.arange(tokens.size(1),
-                                   device=tokens.device)).sum(0)]  # captions alive at step t
-        h, c, keys = self.init_state(feats, keys)
-        outs = emb.new_zeros(emb.size(0), tokens.size(1), emb.size(2))  # (C, T, E)
-        alphas = feats.new_zeros(feats.size(0), tokens.size(1), feats.size(1))  # (C, T, N)
-        for t, n in enumerate(active):
-            if n == 0:
-                break
-            state = (h[:n], c[:n], keys[:n])
-            out, (h_n, c_n, _), alpha = self._advance(feats[:n], state, emb[:n, t])
-            h, c = torch.cat([h_n, h[n:]]), torch.cat([c_n, c[n:]])
-            outs[:n, t], alphas[:n, t] = out, alpha
-        inverse = order.argsort()
-        logits = self.out(self.dropout(outs))  # (C, T, V)
-        return logits[inverse], alphas[inverse]
+        return teacher_forcing(self, feats, tokens, image_index, extras)
+
+
+def teacher_forcing(decoder: nn.Module, feats: Tensor, tokens: Tensor,
+                    image_index: Tensor | None = None,
+                    extras: dict | None = None) -> tuple[Tensor, Tensor]:
+    """The RNN decoders' ``forward``: ``decoder._advance(feats, state, emb, record)`` over the
+    steps of tokens (C, T), captions sorted by length so each step runs only those still alive.
+    State tensors are per caption, the last one the attention keys (constant). With ``extras``
+    and a stochastic mechanism, ``extras["choice_logp"]``/``["entropy"]`` (C, T) are filled."""
+    keys = decoder.attention.project(feats)  # (B, N, A): once per image
+    if image_index is not None:
+        feats, keys = feats[image_index], keys[image_index]  # (C, N, D), (C, N, A)
+    nonpad = tokens.ne(0)  # (C, T) <pad> is id 0
+    last = tokens.size(1) - nonpad.flip(1).int().argmax(1)  # (C,) one past the last real token
+    lengths = torch.where(nonpad.any(1), last, torch.zeros_like(last))
+    order = lengths.argsort(descending=True)
+    feats, keys, emb = feats[order], keys[order], decoder.embed(tokens[order])  # (C, T, E)
+    active = [int(n) for n in (lengths.unsqueeze(1) > torch.arange(tokens.size(1),
+                               device=tokens.device)).sum(0)]  # captions alive at step t
+    state = decoder.init_state(feats, keys)[:-1]  # per-caption tensors, keys apart
+    outs = emb.new_zeros(emb.size(0), tokens.size(1), decoder.out.in_features)  # (C, T, E)
+    alphas = feats.new_zeros(feats.size(0), tokens.size(1), feats.size(1))  # (C, T, N)
+    record = [] if extras is not None and stochastic(decoder) else None
+    choice = feats.new_zeros(feats.size(0), tokens.size(1), dtype=torch.float32)  # (C, T)
+    entropy = torch.zeros_like(choice)
+    for t, n in enumerate(active):
+        if n == 0:
+            break
+        now = (*(s[:n] for s in state), keys[:n])
+        out, new, alpha = decoder._advance(feats[:n], now, emb[:n, t], record)
+        state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new[:-1], state, strict=True))
+        outs[:n, t], alphas[:n, t] = out, alpha
+        if record:
+            choice[:n, t], entropy[:n, t] = record.pop()
+    inverse = order.argsort()
+    if record is not None:
+        extras["choice_logp"], extras["entropy"] = choice[inverse], entropy[inverse]
+    logits = decoder.out(decoder.dropout(outs))  # (C, T, V)
+    return logits[inverse], alphas[inverse]
+
+
+def stochastic(decoder: nn.Module) -> bool:
+    """Whether the decoder's attention samples where to look while training (``hard``)."""
+    return bool(getattr(getattr(decoder, "attention", None), "STOCHASTIC", False))
 
 
 class GRUDecoder(AttentionRNNDecoder):
@@ -225,6 +263,13 @@ def decoder_fields(cfg: DecoderConfig) -> tuple[str, ...]:
     if "attention" in fields:
         fields += tuple(ATTENTIONS.info(cfg.attention).get("fields", ()))
     return fields
+
+
+def has_sentinel(cfg: DecoderConfig) -> bool:
+    """Whether the configured decoder attends with a sentinel mechanism (``adaptive``): its
+    per-word maps sum to 1 - beta."""
+    return ("attention" in DECODERS.info(cfg.name).get("fields", ())
+            and bool(ATTENTIONS.info(cfg.attention).get("sentinel", False)))
 
 
 def list_decoders() -> list[str]:

@@ -111,6 +111,8 @@ def _response(res, pil, fmt: str, attention: bool, grid, timing: dict) -> dict:
     if attention:
         maps = res.attention.reshape(len(res.words), grid[0] * grid[1])  # (T, h*w)
         out["attention"] = {"grid": list(grid), "maps": maps.round(5).tolist()}
+    if res.beta is not None:  # adaptive attention: the sentinel's weight per word
+        out["beta"] = [round(b, 4) for b in res.beta]
     return out
 
 

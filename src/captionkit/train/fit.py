@@ -151,6 +151,7 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
         print(f"resuming at epoch {state.epoch}, batch {state.batch} (step {state.step})")
     stage = make_stage(cfg, model, wrap(model, d, device), optimizer, train_ds, vocab, device,
                        d, fast)
+    stage.load_state(state.stage)
     loop = TrainLoop(cfg, model, optimizer, run_dir, fingerprint, state, d, vocab, dev_ds,
                      device, total, progress)
     return loop.run(stage, loader, t0)

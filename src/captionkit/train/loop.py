@@ -80,11 +80,11 @@ class TrainLoop:
     progress: bool = True
     writer: object = field(default=None, repr=False)  # TensorBoard, opened on first use
 
-    def save_point(self, epoch: int, batch: int, step: int) -> None:
+    def save_point(self, epoch: int, batch: int, step: int, stage: Stage) -> None:
         if not self.dist.main:
             return
         s = Progress(epoch, batch, step, self.state.best, self.state.best_epoch,
-                     self.state.history)
+                     self.state.history, stage.state())
         save_resume(self.run_dir, self.model, self.optimizer, s, self.fingerprint)
 
     def run(self, stage: Stage, loader: DataLoader, t0: float) -> FitResult:
@@ -97,7 +97,7 @@ class TrainLoop:
 
             def on_step(step: int, done: int, epoch=epoch, skip=skip) -> None:
                 if every and step % every == 0:
-                    self.save_point(epoch, skip + done, step)
+                    self.save_point(epoch, skip + done, step, stage)
             try:
                 losses, st.step = train_one_epoch(stage, loader, cfg.train, st.step,
                                                   self.total_steps, shown, on_step)
@@ -109,7 +109,7 @@ class TrainLoop:
             self.record(epoch, losses, metrics, round(time.perf_counter() - t0, 1))
             self.log_board(losses, metrics, samples)
             st.epoch, st.batch = epoch + 1, 0
-            self.save_point(st.epoch, 0, st.step)
+            self.save_point(st.epoch, 0, st.step, stage)
             barrier(self.dist)
             if cfg.train.max_steps is not None and st.step >= cfg.train.max_steps:
                 break

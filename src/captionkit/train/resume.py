@@ -32,7 +32,8 @@ POINTER = "resume.json"
 @dataclass
 class Progress:
     """Where a run stands: ``epoch`` (1-based) is the epoch being trained, ``batch`` how many
-    of its batches are done, ``step`` the global optimizer step."""
+    of its batches are done, ``step`` the global optimizer step; ``stage`` what the stage
+    carries between steps (:meth:`captionkit.train.stages.Stage.state`)."""
 
     epoch: int = 1
     batch: int = 0
@@ -40,6 +41,7 @@ class Progress:
     best: dict | None = None
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    stage: dict = field(default_factory=dict)
 
 
 def data_fingerprint(train: list, dev: list, vocab) -> dict:
