@@ -269,6 +269,7 @@ def beta_tables(row: dict, summary: dict) -> list[str]:
     b = row["beta"]
     lines = [f"### {label(row)}", "",
              f"{b['images']} dev images, beam {BEAM}; 1 - \u03b2 from {b['source']}.", "",
+             *([f"Note: {row['note']}", ""] if row.get("note") else []),
              "| words | generated | distinct | mean 1 - \u03b2 |", "|---|---|---|---|"]
     for group in ("visual", "non-visual", "other", "all"):
         g = summary[group]
