@@ -28,9 +28,8 @@ def test_collate_flattens_captions_per_image():
     assert b.tokens[2].tolist() == [1, 2, 0, 0]
 
 
-def test_training_lowers_the_loss(tiny_config):
-    torch.manual_seed(0)
-    cfg = tiny_config
+def _xe_stage(cfg):
+    """A cross-entropy stage on the tiny training split: (stage, loader, vocab, optimizer)."""
     records = load_records(cfg.data)
     train = by_split(records, "train")
     vocab = Vocabulary.build(c for r in train for c in r.captions)
@@ -39,11 +38,19 @@ def test_training_lowers_the_loss(tiny_config):
     loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=ds.collate)
     opt = build_optimizer(model, cfg.train.__class__(lr=3e-3, encoder_lr=3e-3))
     stage = CrossEntropy(model, opt, cfg.train, torch.device("cpu"), vocab.pad_id)
+    return stage, loader, vocab, opt
+
+
+def test_training_lowers_the_loss(tiny_config):
+    torch.manual_seed(0)
+    cfg = tiny_config
+    stage, loader, vocab, opt = _xe_stage(cfg)
     first, step = train_one_epoch(stage, loader, cfg.train, 0, 40, progress=False)
     for _ in range(8):
         last, step = train_one_epoch(stage, loader, cfg.train, step, 40, progress=False)
     assert step == 36
     assert last["loss"] < 0.75 * first["loss"]
+    model, ds = stage.model, loader.dataset
     metrics, hyps = evaluate(model, ds, vocab, torch.device("cpu"), max_len=8, progress=False)
     assert set(metrics) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"}
     assert len(hyps) == len(ds)
@@ -101,14 +108,7 @@ def test_hard_attention_trains_with_reinforce(tiny_config):
     captions' log-likelihood) and training lowers the cross-entropy."""
     torch.manual_seed(0)
     cfg = tiny_config.override(["decoder.attention=hard"])
-    records = load_records(cfg.data)
-    train = by_split(records, "train")
-    vocab = Vocabulary.build(c for r in train for c in r.captions)
-    model = build_model(cfg, len(vocab))
-    ds = ImageCaptionDataset(train, vocab, model.encoder.preprocess)
-    loader = DataLoader(ds, batch_size=8, shuffle=False, collate_fn=ds.collate)
-    opt = build_optimizer(model, cfg.train.__class__(lr=3e-3, encoder_lr=3e-3))
-    stage = CrossEntropy(model, opt, cfg.train, torch.device("cpu"), vocab.pad_id)
+    stage, loader, vocab, opt = _xe_stage(cfg)
     assert stage.hard and stage.baseline is None
     first, step = train_one_epoch(stage, loader, cfg.train, 0, 40, progress=False)
     baseline = stage.baseline
