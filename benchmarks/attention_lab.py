@@ -28,7 +28,9 @@ under ``OUT``, of both benches, whatever this call trained: one Markdown table o
 the attention-map figure ``<doc>.png`` (one row per mechanism on one photo) and the beta
 figure ``<doc>_beta.png``, all from the measured JSON. Ends with ``best_mechanism=``,
 ``best_cider_d=``, ``additive_cider_d=`` (Flickr8k dev, beam 3) and
-``shapes_min_soft_hit_rate=`` (every mechanism but ``hard``) lines; ``n/a`` when not measured.
+``shapes_min_soft_hit_rate=`` / ``shapes_min_soft_hit_rate_looked=`` (every mechanism but
+``hard``; the second weighs each word by 1 - beta) lines; ``n/a`` when not measured.
+``--rescore`` scores kept shapes rows' checkpoints again without training.
 
 The report (table, figures, doc, closing lines) is :mod:`lab_report`'s. Measures: ``params`` are the decoder's (attention included; not the encoder). ``train s`` is
 ``fit``'s wall clock: data, vocabulary, model, every epoch's training *and* its dev validation
@@ -72,6 +74,7 @@ from lab_report import (
     FLICKR_METRICS,
     ROOT,
     ROW_FILE,
+    SHAPES_METRICS,
     UPDOWN_ROWS,
     draw_attention_figures,
     key_values,
@@ -102,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--photo", help="figure photo (default: first jpg of ../shared/photos, "
                     "else a Flickr8k dev image)")
     ap.add_argument("--rerun", action="store_true", help="measure rows again even if kept")
+    ap.add_argument("--rescore", action="store_true",
+                    help="shapes: score kept rows' checkpoints again, without training")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: the report from the row JSON files under --out")
     args = ap.parse_args()
@@ -235,6 +240,26 @@ def shapes_features(captioner: Captioner, records: list) -> list[torch.Tensor]:
     return out
 
 
+def shapes_metrics(metrics: dict) -> dict:
+    """The row's shapes metrics: BLEU-4, the hit rate over every colour/shape word, and the
+    hit rate with each word weighted by how much it looked (1 - beta; equal for mechanisms
+    without a sentinel)."""
+    return {k: round(metrics[k], 4) for k in SHAPES_METRICS}
+
+
+def rescore_shapes_row(path: Path) -> None:
+    """Score a kept shapes row's checkpoint again (the shapes metrics only; its training and
+    timing fields stay as measured)."""
+    row = json.loads(path.read_text())
+    captioner = Captioner.from_checkpoint(row["checkpoint"], precision="fp32")
+    test = by_split(load_records(captioner.cfg.data), "test")
+    metrics, _ = score_shapes(captioner, test)
+    row["metrics"] = shapes_metrics(metrics)
+    row["rescored"] = time.strftime("%Y-%m-%d %H:%M")
+    path.write_text(json.dumps(row, indent=1))
+    print(f"shapes {row['decoder']}:{row['attention']}: rescored {path}: {row['metrics']}")
+
+
 def run_shapes_row(cfg: Config, args) -> dict:
     """fit + score_shapes (as ``captionkit demo``), then timed beam-3 decoding of the test
     split's features."""
@@ -245,7 +270,7 @@ def run_shapes_row(cfg: Config, args) -> dict:
     fc = FeatureCaptioner(captioner.model, captioner.cfg, captioner.vocab, captioner.meta)
     rate, _, seconds = time_decoding(fc, shapes_features(captioner, test),
                                      cfg.train.eval_max_len, args.repeats)
-    return {"metrics": {k: round(metrics[k], 4) for k in ("BLEU-4", "attention_hit_rate")},
+    return {"metrics": shapes_metrics(metrics),
             "attention_words": metrics["attention_words"], "unavailable": {},
             "split": "test", "images": len(test), "metric_decode": "greedy (beam 1)",
             **training_record(cfg, result, captioner.model, captioner.vocab, None),
@@ -295,6 +320,9 @@ def run_row(args, bench: str, dec: str, att: str) -> None:
         cfg, settings = row_config(args, bench, dec, att, run_dir)
     except CaptionKitError as e:
         print(f"note: skipping {bench} {dec}:{att}: {e}")
+        return
+    if path.is_file() and args.rescore and bench == "shapes":
+        rescore_shapes_row(path)
         return
     if path.is_file() and not args.rerun:
         kept = json.loads(path.read_text()).get("settings")

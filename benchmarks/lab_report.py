@@ -24,6 +24,7 @@ UPDOWN_ROWS = ("additive", "adaptive")
 BEAM = 3
 DECODE_BATCH = 50
 FLICKR_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
+SHAPES_METRICS = ("BLEU-4", "attention_hit_rate", "attention_hit_rate_looked", "visual_weight")
 # "Knowing when to look": visual words (common concrete nouns) vs non-visual (function) words
 VISUAL_WORDS = frozenset((
     "dog", "dogs", "man", "men", "woman", "women", "boy", "boys", "girl", "girls", "child",
@@ -73,12 +74,13 @@ def cell(row: dict, key: str, digits: int = 3) -> str:
 def results_table(rows: list[dict]) -> str:
     """The Markdown table of every row."""
     head = ["bench", "decoder", "attention", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D",
-            "hit rate", "params", "train s", "train captions/s", "beam-3 images/s", "epochs"]
+            "hit rate", "hit (1-β)", "params", "train s", "train captions/s", "beam-3 images/s", "epochs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         epochs = f"{r['epochs_trained']:g} (best {r['best_epoch']})"
         cells = [r["bench"], r["decoder"], r["attention"],
-                 *(cell(r, k) for k in (*FLICKR_METRICS, "attention_hit_rate")),
+                 *(cell(r, k) for k in (*FLICKR_METRICS, "attention_hit_rate",
+                                            "attention_hit_rate_looked")),
                  f"{r['params_decoder'] / 1e6:.2f}M", f"{r['train_seconds']:.0f}",
                  f"{r['train_captions_per_s']:.0f}", f"{r['beam3_images_per_s']:.1f}", epochs]
         lines.append("| " + " | ".join(cells) + " |")
@@ -355,7 +357,12 @@ def measure_lines() -> list[str]:
         "- `epochs`: epochs trained (steps / batches per epoch) and the best checkpoint's "
         "epoch; shapes BLEU-4 and hit rate are greedy (as `captionkit demo` scores), "
         f"Flickr8k metrics beam {BEAM}; `n/a`: a scorer that could not run "
-        "(see the row JSON's `unavailable`).", ""]
+        "(see the row JSON's `unavailable`).",
+        "- `hit rate`: over every colour/shape word of the greedy test captions, the word's "
+        "most-attended cell inside the object it names. `hit (1-β)`: the same with each word "
+        "weighted by how much it looked at the image (the sum of its map, 1 - beta for the "
+        "visual sentinel, 1 otherwise): a word a sentinel model took from its language model "
+        "has a map of near-zeros whose argmax is noise.", ""]
 
 
 def speed_section(out: str) -> list[str]:
@@ -421,4 +428,9 @@ def key_values(rows: list[dict]) -> list[str]:
             if r["bench"] == "shapes" and r["attention"] != "hard"]
     out.append(f"shapes_min_soft_hit_rate={min(soft):.4f}" if soft
                else "shapes_min_soft_hit_rate=n/a")
+    looked = [r["metrics"].get("attention_hit_rate_looked") for r in rows
+              if r["bench"] == "shapes" and r["attention"] != "hard"]
+    looked = [v for v in looked if v is not None]
+    out.append(f"shapes_min_soft_hit_rate_looked={min(looked):.4f}" if looked
+               else "shapes_min_soft_hit_rate_looked=n/a")
     return out

@@ -72,16 +72,26 @@ def test_attention_lab_measures_rows_reuses_them_and_writes_the_report(tmp_path)
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
-    assert [line.split("=")[0] for line in lines[-4:]] == [
-        "best_mechanism", "best_cider_d", "additive_cider_d", "shapes_min_soft_hit_rate"]
-    assert lines[-4] == "best_mechanism=n/a"  # no Flickr8k rows
-    assert 0 <= float(lines[-1].split("=")[1]) <= 1
+    assert [line.split("=")[0] for line in lines[-5:]] == [
+        "best_mechanism", "best_cider_d", "additive_cider_d", "shapes_min_soft_hit_rate",
+        "shapes_min_soft_hit_rate_looked"]
+    assert lines[-5] == "best_mechanism=n/a"  # no Flickr8k rows
+    assert all(0 <= float(line.split("=")[1]) <= 1 for line in lines[-2:])
     rows = sorted(p.parent.name for p in out.glob("shapes/*/lab_row.json"))
     assert rows == ["lstm_additive", "updown_adaptive"]
     text = doc.read_text()
     assert "| shapes | updown | adaptive |" in text and (doc.with_suffix(".png")).is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert again.returncode == 0 and again.stdout.count("reused") == 2
+    kept = out / "shapes" / "updown_adaptive" / "lab_row.json"
+    before = json.loads(kept.read_text())
+    rescore = subprocess.run([*cmd, "--rescore"], capture_output=True, text=True, env=_env(),
+                             timeout=300)
+    assert rescore.returncode == 0 and rescore.stdout.count("rescored") == 2, rescore.stderr
+    after = json.loads(kept.read_text())
+    assert after["metrics"] == before["metrics"]  # the same checkpoint scores the same
+    assert after["train_seconds"] == before["train_seconds"] and "rescored" in after
+    assert 0 < after["metrics"]["visual_weight"] <= 1.0 + 1e-6
 
 
 def test_attention_speed_times_each_row_and_the_plain_baseline(tmp_path):

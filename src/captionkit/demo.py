@@ -16,19 +16,29 @@ from captionkit.train.fit import fit
 
 
 def score_shapes(captioner: BaseCaptioner, records, batch_size: int = 64) -> tuple[dict, list]:
-    """BLEU and the attention hit rate of a captioner on shapes records."""
+    """BLEU and the attention hit rate of a captioner on shapes records.
+
+    ``attention_hit_rate`` counts every colour/shape word; ``attention_hit_rate_looked`` weighs
+    each by how much it looked at the image (1 - beta for a visual sentinel, see
+    :func:`attention_hit_rate`), and ``visual_weight`` is that weight's mean over the words
+    (1.0 for mechanisms without a sentinel)."""
     refs, hyps, results = {}, {}, []
-    hits = total = 0
+    counts = [0, 0, 0.0, 0.0]  # hits, words, weighted hits, weights
     for i in range(0, len(records), batch_size):
         chunk = records[i : i + batch_size]
         for rec, res in zip(chunk, captioner.caption_batch([r.image for r in chunk]), strict=True):
             refs[rec.image_id], hyps[rec.image_id] = list(rec.captions), res.text
             flat = res.attention.reshape(len(res.words), -1)  # (T, N)
-            h, t = attention_hit_rate(res.text, flat, captioner.grid, rec.meta["objects"])
-            hits, total = hits + h, total + t
+            objects = rec.meta["objects"]
+            strict = attention_hit_rate(res.text, flat, captioner.grid, objects)
+            looked = attention_hit_rate(res.text, flat, captioner.grid, objects, weighted=True)
+            counts = [c + x for c, x in zip(counts, (*strict, *looked), strict=True)]
             results.append((rec, res))
+    hits, total, w_hits, weights = counts
     metrics = corpus_bleu(refs, hyps)
     metrics["attention_hit_rate"] = hits / total if total else 0.0
+    metrics["attention_hit_rate_looked"] = w_hits / weights if weights else 0.0
+    metrics["visual_weight"] = weights / total if total else 0.0
     metrics["attention_words"] = total
     return metrics, results
 
@@ -48,6 +58,9 @@ def run_demo(cfg: Config | None = None, out_dir: str | Path = "runs/demo",
     print(f"  BLEU-4              {metrics['BLEU-4']:.3f}")
     print(f"  attention hit rate  {metrics['attention_hit_rate']:.3f} "
           f"({metrics['attention_words']} colour/shape words)")
+    if metrics["visual_weight"] < 0.99:  # a visual sentinel: some words did not look
+        print(f"  ... weighted by 1-beta {metrics['attention_hit_rate_looked']:.3f} "
+              f"(mean visual weight {metrics['visual_weight']:.3f})")
     for rec, res in results[:5]:
         print(f"\n  generated: {res.text}\n  reference: {rec.captions[0]}")
     for j, (_, res) in enumerate(results[:figures]):

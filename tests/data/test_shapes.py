@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from captionkit.data.shapes import (
@@ -65,4 +66,22 @@ def test_attention_hit_rate_counts_colour_and_shape_words():
     assert attention_hit_rate(caption, wrong, grid, [red, blue]) == (2, 4)
     # a word naming an object that is not in the image is a miss
     assert attention_hit_rate("a green circle", alphas, grid, [red, blue]) == (0, 2)
+
+
+def test_weighted_hit_rate_counts_each_word_by_how_much_it_looked():
+    red = Shape("red", "circle", "small", 0, (6, 6, 26, 26))
+    blue = Shape("blue", "square", "large", 8, (65, 65, 95, 95))
+    grid, N = (6, 6), 36
+    looked, elsewhere = np.zeros(N), np.zeros(N)
+    looked[7] = 0.9  # 1 - beta = 0.9, on the red circle
+    elsewhere[35] = 0.01  # beta = 0.99: the word came from the language model; argmax is noise
+    caption = "a red circle"
+    alphas = np.stack([looked, looked, elsewhere])
+    assert attention_hit_rate(caption, alphas, grid, [red, blue]) == (1, 2)  # strict: a miss
+    hits, total = attention_hit_rate(caption, alphas, grid, [red, blue], weighted=True)
+    assert total == pytest.approx(0.91) and hits == pytest.approx(0.9)
+    # maps that sum to one (no sentinel) weigh every word the same: the strict counts
+    full = np.stack([looked / 0.9, looked / 0.9, elsewhere / 0.01])
+    assert attention_hit_rate(caption, full, grid, [red, blue], weighted=True) == \
+        pytest.approx((1, 2))
     assert len(SHAPES) == 3

@@ -161,20 +161,26 @@ def ensure_shapes(root: str | Path, num_train: int, num_dev: int, num_test: int,
 
 
 def attention_hit_rate(caption: str, alphas, grid: tuple[int, int], objects: list[Shape],
-                       image_size: int = IMAGE_SIZE) -> tuple[int, int]:
+                       image_size: int = IMAGE_SIZE, weighted: bool = False) -> tuple[float, float]:
     """Count (hits, total) over the colour/shape words of one generated caption.
 
     A word names the object whose colour and shape match the phrase it belongs to ("small red
     circle"); it is a hit when the word's most-attended grid cell has its centre inside that
     object's box. A word naming no object in the image counts as a miss. ``alphas`` is (T, N)
     with one row per generated word.
+
+    ``weighted``: each word counts by how much it looked at the image, the sum of its map
+    (1 - beta for a visual-sentinel mechanism, 1 for the others), so a word that a sentinel
+    model took from its language model (beta near 1, a map of near-zeros whose argmax is
+    noise) neither hits nor misses.
     """
     words = tokenize(caption)
     hits = total = 0
     for t, word in enumerate(words):
         if word not in COLOURS and word not in SHAPES:
             continue
-        total += 1
+        weight = float(alphas[t].sum()) if weighted and t < len(alphas) else 1
+        total += weight
         target = _named_object(words, t, objects)
         if target is None or t >= len(alphas):
             continue
@@ -182,7 +188,7 @@ def attention_hit_rate(caption: str, alphas, grid: tuple[int, int], objects: lis
         cx = (cell % grid[1] + 0.5) * image_size / grid[1]
         cy = (cell // grid[1] + 0.5) * image_size / grid[0]
         x0, y0, x1, y1 = target.box
-        hits += int(x0 <= cx <= x1 and y0 <= cy <= y1)
+        hits += weight * int(x0 <= cx <= x1 and y0 <= cy <= y1)
     return hits, total
 
 
