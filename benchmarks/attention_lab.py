@@ -263,7 +263,7 @@ def rescore_shapes_row(path: Path) -> None:
 def run_shapes_row(cfg: Config, args) -> dict:
     """fit + score_shapes (as ``captionkit demo``), then timed beam-3 decoding of the test
     split's features."""
-    result = fit(cfg, progress=False)
+    result = fit(cfg, progress=False, overwrite=True)
     captioner = Captioner.from_checkpoint(result.best_checkpoint, precision="fp32")
     test = by_split(load_records(cfg.data), "test")
     metrics, _ = score_shapes(captioner, test)
@@ -291,7 +291,7 @@ def run_flickr8k_row(cfg: Config, args, run_dir: Path) -> dict:
     """fit, evaluate_checkpoint (dev, beam 3), then timed beam-3 decoding of the cached dev
     features with the best checkpoint, whose captions also give the 1 - beta statistics."""
     ensure_cache(cfg, args.cache)
-    result = fit(cfg, progress=False)
+    result = fit(cfg, progress=False, overwrite=True)
     settings = DecodeSettings(beam=BEAM, max_len=cfg.train.eval_max_len,
                               batch_size=DECODE_BATCH, precision="fp32")
     rec = evaluate_checkpoint(result.best_checkpoint, split="dev", settings=settings,

@@ -49,7 +49,7 @@ def main() -> None:
                 f"train.out_dir={args.out}/{mode}_seed{seed}",
                 *(extra if mode == "always" else [])])
             t0 = time.perf_counter()
-            last = fit(cfg, progress=False).history[-1]
+            last = fit(cfg, progress=False, overwrite=True).history[-1]
             rows.append((seed, mode, last["BLEU-4"], last["CIDEr-D"], last["loss"],
                          time.perf_counter() - t0))
     print(f"\n{'seed':>4} {'fast_path':<10} {'dev BLEU-4':>10} {'CIDEr-D':>8} {'last loss':>9} "

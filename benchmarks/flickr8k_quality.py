@@ -44,7 +44,7 @@ def main() -> None:
     extract_features(records, encoder, args.cache, num_workers=2, progress=False)
     extract_s = time.perf_counter() - t0
     print(f"features: {'reused existing cache' if reused else 'extracted'} in {extract_s:.0f}s")
-    result = fit(cfg, progress=False)
+    result = fit(cfg, progress=False, overwrite=True)
     train_s = result.seconds
     rec = evaluate_checkpoint(result.best_checkpoint, split="dev",
                               settings=DecodeSettings(beam=1, max_len=cfg.train.eval_max_len),

@@ -106,3 +106,18 @@ def test_attention_speed_times_each_row_and_the_plain_baseline(tmp_path):
     assert all(float(v) > 0 for v in figures.values())
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert set(saved["rows"]) == {"lstm:additive", "updown:hard"}
+
+
+def test_threads_benchmark_times_three_settings_idle_and_busy():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "threads.py"), "--repeats", "1",
+           "--steps", "1", "--images", "2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    rows = [line for line in lines if line.startswith("| idle") or line.startswith("| busy")]
+    assert len(rows) == 6 and sum("| 1 thread " in r for r in rows) == 2
+    assert all(r.rstrip(" |").endswith("x") for r in rows)
+    figures = _figures(lines)
+    assert list(figures) == ["busy_default_vs_1thread", "busy_torch_default_vs_1thread",
+                             "idle_default_vs_1thread"]
+    assert all(float(v) > 0 for v in figures.values())

@@ -104,3 +104,76 @@ def test_an_unknown_decoder_in_a_checkpoint_is_a_checkpoint_error(tmp_path):
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="from_the_future"):
         load_checkpoint(folder)
+
+
+def test_a_run_stores_absolute_data_paths_and_evaluates_from_another_folder(
+        shapes_root, tmp_path, monkeypatch):
+    """fit resolves a relative data.root where the run is made: the run folder's config.yaml
+    and its checkpoints name the data absolutely, so `evaluate` works from anywhere."""
+    from captionkit.config import load_config
+    from captionkit.infer.evaluation import DecodeSettings, evaluate_checkpoint
+    from captionkit.train.fit import fit
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(shapes_root, work / "shapes")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    cfg = Config().override([
+        "data.root=shapes", "data.num_train=32", "data.num_dev=8", "data.num_test=8",
+        "data.seed=1", "decoder.embed_dim=16", "decoder.hidden_dim=32",
+        "decoder.attention_dim=16", "train.epochs=1", "train.max_steps=1", "train.batch_size=8",
+        f"train.out_dir={tmp_path / 'run'}", "train.eval_max_len=4"])
+    best = fit(cfg, progress=False).best_checkpoint
+    assert load_config(tmp_path / "run" / "config.yaml").data.root == str(work / "shapes")
+    monkeypatch.chdir(elsewhere)
+    assert load_checkpoint(best)[1].data.root == str(work / "shapes")
+    rec = evaluate_checkpoint(best, split="dev", settings=DecodeSettings(beam=1, max_len=4),
+                              metrics=("BLEU",), progress=False)
+    assert rec["images"] == 8 and rec["data_dir"] == str(work / "shapes")
+
+
+def test_save_checkpoint_stores_absolute_data_paths(tmp_path, monkeypatch):
+    from captionkit.data.vocab import Vocabulary
+
+    monkeypatch.chdir(tmp_path)
+    cfg = Config().override(["data.root=f8k", "data.feature_cache=cache", "decoder.embed_dim=8",
+                             "decoder.hidden_dim=8", "decoder.attention_dim=8"])
+    vocab = Vocabulary.build(["a dog", "a cat"])
+    save_checkpoint(tmp_path / "ckpt", build_model(cfg, len(vocab)), cfg, vocab)
+    data = json.loads((tmp_path / "ckpt" / "meta.json").read_text())["config"]["data"]
+    assert data["root"] == str(tmp_path / "f8k")
+    assert data["feature_cache"] == str(tmp_path / "cache")
+
+
+def test_an_old_checkpoint_with_a_relative_root_still_loads_from_another_folder(
+        tmp_path, monkeypatch):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    meta = json.loads((FIXTURES / "checkpoint_v1" / "meta.json").read_text())
+    assert meta["config"]["data"]["root"] == "runs/data/shapes"  # as older captionkits wrote it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    cfg = Config.from_dict(meta["config"])
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in build_model(cfg, len(meta["vocab"]["itos"]))
+               .state_dict().items()}, str(folder / "model.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    _, loaded, _, _ = load_checkpoint(folder)
+    assert loaded.data.root == "runs/data/shapes"  # loading rewrites nothing
+
+
+def test_a_checkpoint_may_be_named_by_its_weights_file_or_its_run_folder(trained_checkpoint,
+                                                                         tmp_path, capsys):
+    ref = load_checkpoint(trained_checkpoint)[0].state_dict()
+    run = trained_checkpoint.parent  # the run folder holding best/
+    for path in (trained_checkpoint / "model.safetensors", trained_checkpoint / "meta.json",
+                 run):
+        sd = load_checkpoint(path)[0].state_dict()
+        assert all(torch.equal(sd[k], ref[k]) for k in ref), path
+    assert f"{run} is a run folder: using its best checkpoint" in capsys.readouterr().out
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+        load_checkpoint(tmp_path / "absent")

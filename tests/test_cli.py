@@ -1,5 +1,6 @@
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from captionkit.cli import main
 from captionkit.data.shapes import read_shapes
 from captionkit.models.decoders import list_decoders
 from captionkit.models.encoders import encoder_info, list_encoders
+
+PRESET = str(Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml")
 
 
 def test_list_encoders_prints_an_aligned_table_of_metadata(capsys):
@@ -55,12 +58,21 @@ def test_caption_files_folder_json_and_attention_map(trained_checkpoint, shapes_
     assert code == 0 and png.is_file()
     row = json.loads(jsonl.read_text().splitlines()[0])
     assert row["image"] == img and len(row["alternatives"]) == 2
+    assert row["precision"] == "fp32" and row["score"] == round(row["score"], 4)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [f"wrote {jsonl}", f"wrote 1 attention map(s): {png}"]
     folder = tmp_path / "imgs"
     folder.mkdir()
     for r in read_shapes(shapes_root)[:3]:
         (folder / r.image.split("/")[-1]).write_bytes(Path(r.image).read_bytes())
-    assert main(["caption", str(folder), "--checkpoint", str(trained_checkpoint)]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3
+    maps = tmp_path / "maps"  # no suffix: .png, one per image
+    assert main(["caption", str(folder), "--checkpoint", str(trained_checkpoint),
+                 "--attention-map", str(maps)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 + 1
+    assert lines[-1].startswith("wrote 3 attention map(s) (maps_0.png, ...: one per image): ")
+    assert sorted(p.name for p in tmp_path.glob("maps_*.png")) == [
+        "maps_0.png", "maps_1.png", "maps_2.png"]
 
 
 def test_bad_inputs_give_clear_errors(trained_checkpoint, tmp_path, capsys):
@@ -70,15 +82,17 @@ def test_bad_inputs_give_clear_errors(trained_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jpg" in err and "Traceback" not in err
     assert main(["caption", str(bad), "--checkpoint", str(tmp_path / "none")]) == 2
-    assert main(["train", "--set", "train.nope=1"]) == 2
-    assert main(["train", "--encoder", "nope", "--set", "train.max_steps=1"]) == 2
+    assert main(["train", "--config", PRESET, "--set", "train.nope=1"]) == 2
+    assert main(["train", "--config", PRESET, "--encoder", "nope", "--set",
+                 "train.max_steps=1"]) == 2
     assert "unknown encoder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flag", "kind", "names"), [("--encoder", "encoder", list_encoders()),
                                                      ("--decoder", "decoder", list_decoders())])
 def test_unknown_registry_name_exits_2_listing_the_choices(flag, kind, names, tmp_path, capsys):
-    code = main(["train", flag, "nope", "--out", str(tmp_path / "run"), "--quiet"])
+    code = main(["train", "--config", PRESET, flag, "nope", "--out", str(tmp_path / "run"),
+                 "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err == f"captionkit: error: unknown {kind} 'nope'; choose one of: {', '.join(names)}\n"
@@ -86,7 +100,7 @@ def test_unknown_registry_name_exits_2_listing_the_choices(flag, kind, names, tm
 
 
 def test_bad_config_value_exits_2_naming_the_field(capsys):
-    assert main(["train", "--set", "train.fast_path=maybe"]) == 2
+    assert main(["train", "--config", PRESET, "--set", "train.fast_path=maybe"]) == 2
     err = capsys.readouterr().err
     assert "train.fast_path" in err and "auto, always, never" in err
 
@@ -95,7 +109,7 @@ def test_an_internal_key_error_is_not_swallowed(monkeypatch):
     def broken(args):
         raise KeyError("a bug, not a user error")
 
-    monkeypatch.setattr(cli, "cmd_list_decoders", broken)
+    monkeypatch.setattr(cli.commands, "cmd_list_decoders", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["list-decoders"])
 
@@ -113,8 +127,11 @@ def test_extract_features_then_train_from_cache(tiny_config, tmp_path, capsys):
     cfg_path = tmp_path / "tiny.yaml"
     tiny_config.override(["encoder.trainable=false"]).save(cfg_path)
     cache = tmp_path / "cache"
-    assert main(["extract-features", "--config", str(cfg_path), "--out", str(cache),
-                 "--workers", "0", "--batch-size", "8", "--quiet"]) == 0
+    args = ["extract-features", "--config", str(cfg_path), "--out", str(cache), "--workers", "0",
+            "--batch-size", "8", "--quiet"]
+    assert main(args) == 2  # the shapes CNN has no weights: refused unless said on purpose
+    assert "--random-weights" in capsys.readouterr().err and not cache.exists()
+    assert main([*args, "--random-weights"]) == 0
     assert "images cached" in capsys.readouterr().out
     # a different (freshly initialised) encoder must refuse this cache
     code = main(["train", "--config", str(cfg_path), "--set", f"data.feature_cache={cache}",
@@ -159,3 +176,41 @@ def test_list_attention_prints_the_mechanisms_and_the_fast_path(capsys):
     assert set(table) == {"adaptive", "additive", "aoa", "general", "hard", "scaled_dot"}
     assert "yes" in table["additive"] and "reference path" in table["general"]
     assert "previous" in table["additive"] and "current" in table["adaptive"]
+
+
+def test_train_without_a_config_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "train needs --config PRESET" in err and "captionkit demo" in err
+    assert list(tmp_path.iterdir()) == []  # nothing generated into ./runs
+
+
+def test_train_prints_rounded_metrics(tiny_config, tmp_path, capsys):
+    cfg_path = tmp_path / "tiny.yaml"
+    tiny_config.save(cfg_path)
+    assert main(["train", "--config", str(cfg_path), "--set", "train.max_steps=1",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("best checkpoint: ") and "e-" not in last
+    values = last.split()[4::2]  # "best checkpoint: PATH  NAME VALUE  NAME VALUE ..."
+    assert values and all(re.fullmatch(r"-?\d+(\.\d{4})?", v) for v in values), last
+
+
+def test_evaluate_scores_the_captions_that_caption_gives(trained_checkpoint, shapes_root,
+                                                         tmp_path, capsys):
+    """Default flags on both paths: the same beam, the same precision, the same captions."""
+    dev = [r for r in read_shapes(shapes_root) if r.split == "dev"]
+    assert main(["evaluate", "--checkpoint", str(trained_checkpoint), "--data-dir",
+                 str(shapes_root), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    jsonl = tmp_path / "caps.jsonl"
+    assert main(["caption", *[r.image for r in dev], "--checkpoint", str(trained_checkpoint),
+                 "--json", str(jsonl)]) == 0
+    capsys.readouterr()
+    scored = {Path(r["image_id"]).name: r["caption"]
+              for r in json.loads((tmp_path / "eval" / "results.json").read_text())}
+    given = {Path(r["image"]).name: (r["caption"], r["precision"])
+             for r in map(json.loads, jsonl.read_text().splitlines())}
+    assert {k: (v, "fp32") for k, v in scored.items()} == given and len(given) == len(dev)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["precision"] == "fp32" and metrics["decode"]["beam"] == 3

@@ -1,5 +1,5 @@
 import dataclasses
-from pathlib import Path
+import os
 
 import pytest
 import yaml
@@ -11,11 +11,10 @@ from captionkit.config import (
     DecoderConfig,
     EncoderConfig,
     TrainConfig,
+    list_presets,
     load_config,
 )
 from captionkit.errors import ConfigError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
@@ -56,14 +55,82 @@ def test_missing_config_file():
         load_config("/nonexistent/x.yaml")
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_preset_loads(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_loads(name):
+    cfg = load_config(name)
     assert cfg.encoder.name and cfg.decoder.name
 
 
 def test_shapes_demo_preset_is_the_default():
-    assert load_config(CONFIGS / "shapes_demo.yaml") == Config()
+    assert load_config("shapes_demo") == Config()
+
+
+HINTS = [  # an unknown key, and the key the error should suggest
+    ("train.learning_rate", "train.lr"), ("train.lrr", "train.lr"),
+    ("train.warmup", "train.warmup_steps"), ("decoder.hiden_dim", "decoder.hidden_dim"),
+    ("train.num_workers", "data.num_workers"),  # the field, in its own section
+]
+
+
+@pytest.mark.parametrize(("key", "meant"), HINTS, ids=[h[0] for h in HINTS])
+def test_an_unknown_field_suggests_the_meant_one_and_lists_the_section(key, meant):
+    with pytest.raises(ConfigError) as info:
+        Config().override([f"{key}=1"])
+    msg = str(info.value)
+    section = key.split(".")[0]
+    assert f"no field {key!r} (did you mean {meant}?)" in msg
+    assert msg.endswith(f"{section}'s fields are: " + ", ".join(Config().to_dict()[section]))
+
+
+def test_an_unknown_field_without_a_close_name_lists_the_section_only():
+    with pytest.raises(ConfigError, match=r"no field 'train.zzz'; train's fields are: epochs,") as e:
+        Config().override(["train.zzz=1"])
+    assert "did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize(("item", "meant"), [("trian.lr=1", "train.lr"), ("trian.foo=1", "train"),
+                                             ("model.hidden_dim=8", "decoder.hidden_dim")])
+def test_an_unknown_section_suggests_one_and_lists_the_sections(item, meant):
+    section = item.split(".")[0]
+    with pytest.raises(ConfigError) as info:
+        Config().override([item])
+    assert str(info.value) == (f"override {item!r}: no section {section!r} (did you mean "
+                               f"{meant}?); the sections are: data, encoder, decoder, train")
+
+
+def test_unknown_yaml_fields_and_sections_get_the_same_hints(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"train": {"learning_rate": 1e-3, "epochs": 2}}))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown field\(s\) train\.learning_rate "
+                       r"\(did you mean train\.lr\?\); train's fields are: epochs, batch_size"):
+        load_config(p)
+    p.write_text(yaml.safe_dump({"trian": {"lr": 1e-3}}))
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) trian \(did you mean train\?\); "
+                       "the sections are: data, encoder, decoder, train"):
+        load_config(p)
+
+
+def test_absolute_paths_resolve_the_data_paths_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Config().override(["data.root=f8k", "data.feature_cache=cache/lite0",
+                             "train.out_dir=runs/x"])
+    done = cfg.absolute_paths()
+    assert done.data.root == str(tmp_path / "f8k")
+    assert done.data.feature_cache == str(tmp_path / "cache" / "lite0")
+    assert done.train == cfg.train and done.absolute_paths() == done  # idempotent
+    assert Config().absolute_paths().data.feature_cache is None  # unset stays unset
+    home = Config().override(["data.root=~/f8k"]).absolute_paths().data.root
+    assert home == os.path.join(os.path.expanduser("~"), "f8k")
+
+
+def test_diff_compares_data_paths_as_the_folders_they_name(tmp_path, monkeypatch):
+    """A run folder stores absolute data paths; resuming it with the same relative
+    --data-dir is the same config, another folder is not."""
+    monkeypatch.chdir(tmp_path)
+    saved = Config().override(["data.root=f8k"]).absolute_paths()
+    assert saved.diff(Config().override(["data.root=f8k"])) == []
+    assert saved.diff(Config().override(["data.root=other"])) == [
+        f"data.root: {str(tmp_path / 'f8k')!r} -> {str(tmp_path / 'other')!r}"]
 
 
 SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "decoder": DecoderConfig,

@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from captionkit.cli import IMAGE_SUFFIXES, main
-from captionkit.config import Config
 from captionkit.data.flickr8k import read_flickr8k
 from captionkit.data.images import load_image
 from captionkit.errors import DatasetError, ImageLoadError
@@ -94,7 +93,8 @@ def hostile_dataset(corpus):
 
 
 def _tiny(dataset_path, out) -> list[str]:
-    return ["--dataset", "csv", "--data-dir", str(dataset_path), "--set",
+    preset = Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml"
+    return ["--config", str(preset), "--dataset", "csv", "--data-dir", str(dataset_path), "--set",
             "decoder.embed_dim=16", "--set", "decoder.hidden_dim=16", "--set",
             "decoder.attention_dim=16", "--set", "train.batch_size=8", "--set",
             f"train.out_dir={out}", "--set", "train.eval_max_len=5", "--set",
@@ -103,11 +103,9 @@ def _tiny(dataset_path, out) -> list[str]:
 
 def test_extract_features_goes_on_and_lists_bad_files(hostile_dataset, tmp_path, capsys):
     path, entries = hostile_dataset
-    cfg = tmp_path / "cfg.yaml"
-    Config().save(cfg)
     out = tmp_path / "cache"
-    code = main(["extract-features", "--config", str(cfg), "--out", str(out), "--quiet",
-                 "--workers", "0", *_tiny(path, tmp_path / "run")])
+    code = main(["extract-features", "--out", str(out), "--quiet",
+                 "--workers", "0", "--random-weights", *_tiny(path, tmp_path / "run")])
     assert code == 0
     failed = (out / "failed.txt").read_text()
     bad = [e.name for e in entries if not e.valid]

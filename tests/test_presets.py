@@ -1,5 +1,6 @@
 """Every preset in configs/ loads, validates, round-trips and names registered parts; the two seed
-configurations from our users' starting point train from their presets."""
+configurations from our users' starting point train from their presets; a preset is found by
+name from any folder."""
 
 from pathlib import Path
 
@@ -8,14 +9,15 @@ import torch
 import yaml
 from PIL import Image
 
-from captionkit.config import Config, load_config
+from captionkit.config import PRESET_DIR, Config, list_presets, load_config
 from captionkit.data import DATASETS
-from captionkit.errors import UnknownNameError
+from captionkit.errors import ConfigError, UnknownNameError
 from captionkit.models.decoders import DECODERS
 from captionkit.models.encoders import ENCODERS
 from captionkit.train.fit import fit
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = PRESET_DIR  # what captionkit reads (and the wheel carries)
 
 
 @pytest.fixture()
@@ -44,11 +46,52 @@ def test_seed_configuration_trains_a_few_steps(preset, tiny_csv, tmp_path):
     assert (result.best_checkpoint / "model.safetensors").is_file()
 
 
-PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+PRESETS = list_presets()
 
 
 def test_the_presets_are_found():
     assert "shapes_demo" in PRESETS and len(PRESETS) >= 6
+
+
+def test_the_package_presets_are_the_repositorys_one_copy():
+    """captionkit/configs links to configs/: one copy of each YAML, nothing to keep in sync."""
+    assert PRESET_DIR.resolve() == REPO_CONFIGS.resolve()
+    assert sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")) == PRESETS
+
+
+@pytest.mark.parametrize("spelling", ["{}", "{}.yaml", "configs/{}.yaml", "./configs/{}.yaml"])
+def test_a_preset_is_found_by_name_from_any_folder(spelling, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    name = "flickr8k_lite0_lstm"
+    assert load_config(spelling.format(name)) == load_config(REPO_CONFIGS / f"{name}.yaml")
+    assert load_config(spelling.format(name)) != Config()  # really the preset, not defaults
+
+
+def test_a_real_file_comes_before_the_preset_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    mine = Config().override(["train.epochs=3"])
+    mine.save(tmp_path / "configs" / "shapes_demo.yaml")
+    mine.override(["train.epochs=4"]).save(tmp_path / "shapes_demo")
+    assert load_config("configs/shapes_demo.yaml").train.epochs == 3
+    assert load_config("shapes_demo").train.epochs == 4
+    assert load_config("shapes_demo.yaml").train.epochs == Config().train.epochs  # the preset
+
+
+def test_an_unknown_preset_lists_the_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("flickr8k_lite0_lsmt")
+    msg = str(info.value)
+    assert msg.startswith(f"flickr8k_lite0_lsmt: config file not found (looked for "
+                          f"{tmp_path / 'flickr8k_lite0_lsmt'}) and no preset is called")
+    assert "did you mean flickr8k_lite0_lstm?" in msg
+    assert "the presets are: " + ", ".join(PRESETS) in msg
+    with pytest.raises(ConfigError, match="no preset is called 'nope'; the presets are: "):
+        load_config("configs/nope.yaml")
+    with pytest.raises(ConfigError, match=r"looked for /nowhere/shapes_demo\.yaml\); did you "
+                       "mean shapes_demo"):  # a path elsewhere is not a preset's name, but...
+        load_config("/nowhere/shapes_demo.yaml")
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -17,9 +17,9 @@ _LAZY = {"BaseCaptioner": "captionkit.infer.captioner",
          "CaptionResult": "captionkit.infer.captioner"}
 
 
-def load(path, device: str = "cpu", precision: str = "auto"):
+def load(path, device: str = "cpu", precision: str = "fp32"):
     """Load a checkpoint folder into a :class:`captionkit.infer.captioner.Captioner` (``precision``:
-    ``auto``, ``fp32`` or ``bf16`` decoding)."""
+    ``fp32``, the default of every path, ``bf16`` or ``auto`` decoding)."""
     from captionkit.infer.captioner import load as _load
 
     return _load(path, device, precision)

@@ -3,8 +3,11 @@
 The defaults are the ``shapes_demo`` preset (what ``captionkit demo`` trains); the other presets
 in ``configs/`` override what differs.
 
-Presets live in ``configs/*.yaml``; ``--set section.key=value`` overrides any field; the resolved
-config is written into every run folder and checkpoint so a run can always be rebuilt.
+Presets live in ``configs/*.yaml`` (shipped in the package as ``captionkit/configs``, a link to
+that folder) and are found by name from any working directory; ``--set section.key=value``
+overrides any field (an unknown one gets a "did you mean"); the resolved config, with its data
+paths made absolute, is written into every run folder and checkpoint so a run can always be
+rebuilt, from anywhere.
 
 Every section validates itself when it is built (``__post_init__``), whichever way it is built:
 ``load_config``, ``Config.from_dict``, ``Config.override``, ``dataclasses.replace`` or a direct
@@ -15,6 +18,8 @@ and, for choice fields, the allowed values (the module-level tuples below).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 import re
 import types
 import typing
@@ -36,6 +41,17 @@ SELECT_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")  # the vali
 HARD_DECODES = ("argmax", "expected")  # hard attention at test time
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+# The presets: the repository's configs/ folder, which the package links to and the wheel carries.
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+DATA_PATHS = ("root", "feature_cache")  # the data fields that name files or folders
+# Names other tools use for a field -> captionkit's name (for "did you mean" hints).
+_ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs",
+            "max_epochs": "epochs", "bs": "batch_size", "lr_scheduler": "lr_schedule",
+            "scheduler": "lr_schedule", "clip_grad": "grad_clip", "max_grad_norm": "grad_clip",
+            "workers": "num_workers", "data_dir": "root", "path": "root", "output_dir": "out_dir",
+            "hidden_size": "hidden_dim", "embed_size": "embed_dim", "embedding_dim": "embed_dim",
+            "attention_size": "attention_dim", "gpu": "device"}
 
 
 @dataclass(frozen=True)
@@ -180,14 +196,27 @@ class Config:
             if not sep or len(parts) != 2:
                 raise ConfigError(f"override {item!r} must look like section.key=value")
             section, name = parts
-            if section not in d or name not in d[section]:
-                raise ConfigError(f"override {item!r}: no field {key!r} in the config")
+            if section not in d:
+                raise ConfigError(f"override {item!r}: no section {section!r}"
+                                  f"{_hint(section, name)}; the sections are: {', '.join(d)}")
+            if name not in d[section]:
+                raise ConfigError(f"override {item!r}: no field {key.strip()!r}"
+                                  f"{_hint(section, name)}; {section}'s fields are: "
+                                  f"{', '.join(d[section])}")
             d[section][name] = yaml.safe_load(raw) if raw.strip() else None
         return Config.from_dict(d)
 
+    def absolute_paths(self) -> Config:
+        """This config with the data section's relative paths (``data.root``,
+        ``data.feature_cache``) made absolute from the working directory, as run folders and
+        checkpoints store them, so that they still name the same data from another folder."""
+        paths = {k: _absolute(getattr(self.data, k)) for k in DATA_PATHS}
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, **paths))
+
     def diff(self, other: Config) -> list[str]:
-        """Every field that differs, as ``section.key: self -> other``."""
-        a, b = self.to_dict(), other.to_dict()
+        """Every field that differs, as ``section.key: self -> other``; data paths are compared
+        as the files they name from the working directory (``f8k`` is ``$PWD/f8k``)."""
+        a, b = self.absolute_paths().to_dict(), other.absolute_paths().to_dict()
         return [f"{sec}.{k}: {a[sec][k]!r} -> {b[sec][k]!r}"
                 for sec in a for k in a[sec] if a[sec][k] != b[sec][k]]
 
@@ -195,13 +224,36 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def list_presets() -> list[str]:
+    """Names of the presets shipped with captionkit (``configs/*.yaml``), sorted."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """The YAML file ``path`` names: an existing file first, else a shipped preset by name,
+    from any working directory (``NAME``, ``NAME.yaml`` or ``configs/NAME.yaml``). Anything
+    else raises a ConfigError listing the presets."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    name = p.name.removesuffix(".yaml")
+    by_name = p.parent in (Path("."), Path("configs"))  # NAME, NAME.yaml, configs/NAME.yaml
+    if by_name and (PRESET_DIR / f"{name}.yaml").is_file():
+        return PRESET_DIR / f"{name}.yaml"
+    presets = list_presets()
+    close = difflib.get_close_matches(name, presets, n=1)
+    named = f" and no preset is called {name!r}" if by_name else ""
+    raise ConfigError(f"{path}: config file not found (looked for {p.absolute()}){named}; "
+                      f"{_maybe(close)}the presets are: {', '.join(presets)} (pass one by "
+                      f"name, e.g. --config {(close or presets)[0]}, or the path of a YAML file)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML preset (or the defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML file or a preset by name (see :func:`find_config`; the defaults when
+    ``path`` is None) and apply overrides."""
     cfg = Config()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+        p = find_config(path)
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
@@ -221,7 +273,12 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(prefix + k for k in unknown)}")
+        section = prefix.rstrip(".")
+        named = ", ".join(prefix + k + (_hint(section, k) if section else _hint(k))
+                          for k in unknown)
+        what, listed = ("field(s)", f"{section}'s fields are") if section else (
+            "section(s)", "the sections are")
+        raise ConfigError(f"unknown {what} {named}; {listed}: {', '.join(known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in d.items():
@@ -231,6 +288,35 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
     return cls(**kwargs)
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute from the working directory (``~`` expanded); unset stays unset."""
+    return os.path.abspath(os.path.expanduser(path)) if isinstance(path, str) and path else path
+
+
+def _maybe(names: list[str]) -> str:
+    """``"did you mean a or b? "``, or nothing when there is no guess."""
+    return f"did you mean {' or '.join(names)}? " if names else ""
+
+
+def _hint(section: str, name: str | None = None) -> str:
+    """`` (did you mean train.lr?)`` for an unknown ``section.name`` (or section alone): the
+    field another tool's name stands for, the same field in another section, or a close
+    spelling; nothing when there is no good guess."""
+    fields_of = {s: [f.name for f in fields(c)] for s, c in typing.get_type_hints(Config).items()}
+    keys = [f"{s}.{f}" for s, fs in fields_of.items() for f in fs]
+    guess: list[str] = []
+    if name is not None:
+        name = _ALIASES.get(name, name)
+        guess = [k for k in keys if k.endswith(f".{name}")]  # the field, in whichever section
+        if not guess:  # a close spelling, in the section (anywhere when the section is unknown)
+            pool = [k for k in keys if k.startswith(f"{section}.")] or keys
+            close = difflib.get_close_matches(name, [k.split(".")[1] for k in pool], n=1)
+            guess = [k for k in pool if close and k.endswith(f".{close[0]}")]
+    if not guess and section not in fields_of:
+        guess = difflib.get_close_matches(section, fields_of, n=1)
+    return f" ({_maybe(guess).strip()})" if guess else ""
 
 
 def _one_of(section: str, obj: Any, **allowed: tuple[str, ...]) -> None:

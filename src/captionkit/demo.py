@@ -16,7 +16,7 @@ from captionkit.train.fit import fit
 
 
 def score_shapes(captioner: BaseCaptioner, records, batch_size: int = 64) -> tuple[dict, list]:
-    """BLEU and the attention hit rate of a captioner on shapes records.
+    """BLEU and the attention hit rate of a captioner's greedy captions on shapes records.
 
     ``attention_hit_rate`` counts every colour/shape word; ``attention_hit_rate_looked`` weighs
     each by how much it looked at the image (1 - beta for a visual sentinel, see
@@ -26,7 +26,7 @@ def score_shapes(captioner: BaseCaptioner, records, batch_size: int = 64) -> tup
     counts = [0, 0, 0.0, 0.0]  # hits, words, weighted hits, weights
     for i in range(0, len(records), batch_size):
         chunk = records[i : i + batch_size]
-        for rec, res in zip(chunk, captioner.caption_batch([r.image for r in chunk]), strict=True):
+        for rec, res in zip(chunk, captioner.caption_batch([r.image for r in chunk], 1), strict=True):
             refs[rec.image_id], hyps[rec.image_id] = list(rec.captions), res.text
             flat = res.attention.reshape(len(res.words), -1)  # (T, N)
             objects = rec.meta["objects"]
@@ -49,7 +49,7 @@ def run_demo(cfg: Config | None = None, out_dir: str | Path = "runs/demo",
     cfg = cfg or Config()
     cfg = replace(cfg, train=replace(cfg.train, out_dir=str(out_dir)))
     out = Path(out_dir)
-    result = fit(cfg, progress=progress)
+    result = fit(cfg, progress=progress, overwrite=True)  # the demo replaces its own run
     captioner = Captioner.from_checkpoint(result.best_checkpoint, precision="fp32")
     test = by_split(load_records(cfg.data), "test")
     metrics, results = score_shapes(captioner, test)
@@ -63,9 +63,9 @@ def run_demo(cfg: Config | None = None, out_dir: str | Path = "runs/demo",
               f"(mean visual weight {metrics['visual_weight']:.3f})")
     for rec, res in results[:5]:
         print(f"\n  generated: {res.text}\n  reference: {rec.captions[0]}")
-    for j, (_, res) in enumerate(results[:figures]):
+    for j, (rec, res) in enumerate(results[:figures]):
         attention_figure(res.image, res.words, res.attention, out / f"attention_{j}.png",
-                         title=f"{res.text}")
+                         name=rec.image_id)
     (out / "demo_metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nattention maps and metrics written to {out}/")
     return metrics

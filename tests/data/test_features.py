@@ -99,3 +99,29 @@ def test_fit_from_the_cache(tiny_config, tmp_path):
     assert result.history[0]["step"] == 3
     with pytest.raises(CaptionKitError, match="frozen encoder"):
         fit(cfg.override(["encoder.trainable=true"]), progress=False)
+
+
+def test_a_cache_of_another_dataset_is_named_as_such(shapes_root, tmp_path, tiny_config):
+    records = read_shapes(shapes_root)
+    enc = _encoder()
+    extract_features(records[:10], enc, tmp_path / "c", 4, 0, progress=False)
+    from captionkit.data.dataset import usable_records
+
+    store = FeatureStore(tmp_path / "c", encoder_key(enc))
+    with pytest.raises(CaptionKitError, match="belongs to another dataset.*extract-features.*"
+                       "data.feature_cache=null"):
+        usable_records(records, store)
+    kept, missing = usable_records(records[:10], store)  # the cache's own images: all kept
+    assert len(kept) == 10 and missing == []
+
+
+def test_an_identical_rerun_is_up_to_date_and_other_images_are_refused(shapes_root, tmp_path):
+    records = read_shapes(shapes_root)[:8]
+    enc = _encoder()
+    first = extract_features(records, enc, tmp_path / "c", 4, 0, progress=False)
+    assert not first.up_to_date
+    again = extract_features(records, enc, tmp_path / "c", 4, 0, progress=False)
+    assert again.up_to_date and again.image_ids == first.image_ids
+    with pytest.raises(CaptionKitError, match="feature cache of other images"):
+        extract_features(read_shapes(shapes_root)[8:16], enc, tmp_path / "c", 4, 0,
+                         progress=False)

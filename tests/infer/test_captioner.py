@@ -53,12 +53,12 @@ def known_image(shapes_root) -> str:
 def test_api_gives_the_known_caption_and_greedy_decoding_agrees(seeded_checkpoint, known_image):
     # fp32: precision "auto" decodes in bf16 on CPUs that have it, which may change a word
     cap = captionkit.load(seeded_checkpoint, precision="fp32")
-    res = cap.caption(known_image)
+    res = cap.caption(known_image, beam_size=1)  # greedy (the default is beam 3)
     assert res.text == KNOWN_CAPTION and res.words == KNOWN_CAPTION.split()
     assert res.attention.shape == (len(res.words), *cap.grid)
     assert res.attention.reshape(len(res.words), -1).sum(1) == pytest.approx(1.0, abs=1e-4)
     assert res.image.size == (96, 96)
-    assert cap.caption(Image.open(known_image)).text == KNOWN_CAPTION  # a PIL image, the same
+    assert cap.caption(Image.open(known_image), 1).text == KNOWN_CAPTION  # a PIL image too
 
     model, _, vocab, _ = load_checkpoint(seeded_checkpoint)  # eager encoder, no Captioner
     x = model.encoder.preprocess(Image.open(known_image).convert("RGB")).unsqueeze(0)
@@ -122,7 +122,8 @@ def test_a_new_runtime_only_needs_encode(seeded_checkpoint, known_image):
         assert (c.decoder, c.vocab, c.cfg, c.meta) == (model.decoder, vocab, cfg, meta)
         assert (c.preprocess, c.grid) == (model.encoder.preprocess, tuple(model.encoder.grid))
         assert (c.device, c.dtype) == (torch.device("cpu"), torch.float32)
-    assert cap.caption(known_image).text == torch_cap.caption(known_image).text == KNOWN_CAPTION
+    assert cap.caption(known_image, 1).text == torch_cap.caption(known_image, 1).text == \
+        KNOWN_CAPTION
 
 
 def test_fast_encoder_path_matches_eager(trained_checkpoint, shapes_root):

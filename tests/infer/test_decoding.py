@@ -17,15 +17,19 @@ def _decoder(seed=0, name="lstm", attention="additive"):
 
 
 def _reference_greedy(dec, feats, max_len):
-    """A plain argmax loop, one image at a time: what greedy decoding means."""
+    """A plain argmax loop, one image at a time: what greedy decoding means (the first word
+    is never <end>: a caption is not empty)."""
     out = []
     for b in range(feats.size(0)):
         f = feats[b : b + 1]
         state, tok, words, lps = dec.init_state(f), torch.tensor([START]), [], []
-        for _ in range(max_len):
+        for t in range(max_len):
             logits, state, _ = dec.step(f, state, tok)
             lp = torch.log_softmax(logits, -1)[0]
-            tok = lp.argmax().view(1)
+            choose = lp.clone()
+            if t == 0:
+                choose[END] = float("-inf")
+            tok = choose.argmax().view(1)
             lps.append(lp[tok].item())
             if tok.item() == END:
                 break
@@ -162,3 +166,45 @@ def test_banned_tokens_are_never_generated():
                             max_len=6, banned=(0, 1, 3)):
         for h in hyps:
             assert not {0, 1, 3} & set(h.tokens) and h.tokens
+
+
+@pytest.mark.parametrize(("beam", "max_len", "says"), [(0, 5, "beam size"), (-1, 5, "beam size"),
+                                                       (2, 0, "max_len"), (1, -3, "max_len")])
+def test_a_beam_or_length_below_one_is_refused(beam, max_len, says):
+    from captionkit.errors import ConfigError
+
+    dec = build_decoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), 12, 8)
+    with pytest.raises(ConfigError, match=f"{says} must be a whole number >= 1"):
+        beam_search(dec, torch.randn(1, 4, 8), start_id=1, end_id=2, beam_size=beam,
+                    max_len=max_len)
+
+
+def test_no_caption_is_empty_unless_min_len_is_zero():
+    """An <end> first would be an empty caption: beam search never picks it by default."""
+    for seed in range(4):
+        forced = _EndFirst(_decoder(seed))  # <end> is by far the likeliest first word
+        feats = torch.randn(3, 5, 6)
+        for k in (1, 3):
+            hyps = beam_search(forced, feats, start_id=START, end_id=END, beam_size=k, max_len=5)
+            assert all(h.tokens for hs in hyps for h in hs), (seed, k)
+            raw = beam_search(forced, feats, start_id=START, end_id=END, beam_size=k,
+                              max_len=5, min_len=0)
+            assert all(hs[0].tokens == [] for hs in raw), (seed, k)
+
+
+class _EndFirst(torch.nn.Module):
+    """A decoder whose first step strongly prefers <end>."""
+
+    def __init__(self, dec):
+        super().__init__()
+        self.dec = dec
+
+    def init_state(self, feats):
+        return (*self.dec.init_state(feats), torch.zeros(feats.size(0)))
+
+    def step(self, feats, state, token):
+        *inner, t = state
+        logits, inner, alpha = self.dec.step(feats, tuple(inner), token)
+        bonus = torch.zeros_like(logits)
+        bonus[:, END] = 50.0 * (t == 0).float()
+        return logits + bonus, (*inner, t + 1), alpha

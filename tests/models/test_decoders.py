@@ -135,7 +135,9 @@ def test_outputs_are_those_of_the_code_before_the_attention_lab(name):
                                atol=1e-7)
     torch.testing.assert_close(alphas.flatten(), torch.tensor(want["alphas"]), rtol=1e-6,
                                atol=1e-7)
-    hyps = beam_search(dec, feats, start_id=1, end_id=2, beam_size=3, max_len=6)
+    # min_len=0: the decoding rule of that code (it let a beam end at once; captions are now
+    # never empty by default)
+    hyps = beam_search(dec, feats, start_id=1, end_id=2, beam_size=3, max_len=6, min_len=0)
     assert [[h.tokens for h in hs] for hs in hyps] == want["beam3"]
     torch.testing.assert_close(torch.tensor([[h.score for h in hs] for hs in hyps]),
                                torch.tensor(want["scores"]), rtol=1e-6, atol=1e-6)

@@ -255,3 +255,17 @@ def test_finetune_last_stages_only(name, n):
     assert any(m.training for m in stages[-1].modules())
     with pytest.raises(CaptionKitError, match="cannot fine-tune"):
         enc.unfreeze_last(len(stages) + 1)
+
+
+@pytest.mark.parametrize("content", [b"not a weights file at all", "pickle"])
+def test_a_file_that_is_not_weights_says_so_and_never_suggests_unpickling(tmp_path, content):
+    path = tmp_path / "fake.pth"
+    if content == "pickle":  # a pickled object that is not a state dict: weights_only refuses it
+        torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CaptionKitError) as err:
+        ENCODERS.get("shapes_cnn")(weights=str(path))
+    text = str(err.value)
+    assert "fake.pth: not a weights file" in text and "never unpickles" in text
+    assert "weights_only" not in text and "False" not in text

@@ -1,6 +1,8 @@
 import asyncio
 import io
 import json
+import logging
+import re
 import threading
 
 import numpy as np
@@ -9,8 +11,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captionkit.infer.captioner import load
-from captionkit.server import ServeConfig, create_app
-from captionkit.server.limits import BodyLimit, sniff
+from captionkit.server import ServeConfig, create_app, log_requests
+from captionkit.server.app import ACCESS_LOG
+from captionkit.server.limits import FORMATS, BodyLimit, accepted_formats, describe_bytes, sniff
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +54,16 @@ def error_of(r, status: int) -> str:
     return body["error"]
 
 
-def test_health_and_model(client):
+def test_health_and_model(client, captioner, random_checkpoint):
     assert client.get("/healthz").json() == {"status": "ok"}
     m = client.get("/v1/model").json()
-    assert m["encoder"] == "shapes_cnn" and m["decoder"] == "lstm" and m["vocab_size"] > 4
+    assert m["encoder"] == "shapes_cnn" and m["decoder"] == "lstm"
+    assert m["attention"] == captioner.cfg.decoder.attention == "additive"
+    assert m["vocab_size"] == len(captioner.vocab) > 4
+    assert m["checkpoint"] == str(random_checkpoint)
+    assert m["checkpoint_name"] == random_checkpoint.name
     assert "metrics" in m and len(m["grid"]) == 2
+    assert m["accepts"] == FORMATS and "TIFF" in m["accepts"]
 
 
 def test_caption_with_alternatives_and_attention(client, captioner, shapes_root):
@@ -66,15 +74,102 @@ def test_caption_with_alternatives_and_attention(client, captioner, shapes_root)
     body = r.json()
     expected = captioner.caption_batch([Image.open(io.BytesIO(jpeg))], 1)[0]
     assert body["caption"] == expected.text and len(body["words"]) > 0
+    assert body["precision"] == expected.precision == "fp32"
     h, w = body["attention"]["grid"]
     maps = np.array(body["attention"]["maps"])
     assert maps.shape == (len(body["words"]), h * w)
-    np.testing.assert_allclose(maps.sum(1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(maps.sum(1), 1.0, atol=h * w * 5e-5)  # each rounded to 1e-4
     assert body["image"] == {"width": im.width, "height": im.height, "format": "JPEG"}
     beams = post(client, encode(im, "PNG"), beam=3).json()
     assert "attention" not in beams and len(beams["alternatives"]) == 3
     assert beams["alternatives"][0]["caption"] == beams["caption"]
     assert beams["caption"] == captioner.caption_batch([im], 3)[0].text
+
+
+def test_attention_is_rounded_to_4_decimals(client, captioner):
+    im = photo()
+    r = post(client, encode(im, "PNG"), name="a.png", beam=1, attention="true")
+    body = r.json()
+    maps = body["attention"]["maps"]
+    exact = captioner.caption_batch([im], 1)[0].attention.reshape(len(maps), -1)  # (T, h*w)
+    np.testing.assert_allclose(maps, exact, atol=5e-5 + 1e-7)  # rounded, not truncated
+    assert all(v == round(v, 4) for row in maps for v in row)
+    written = re.findall(r"-?\d+\.\d+(?:e-?\d+)?", json.dumps(maps))
+    assert written and max(len(x.split(".")[1]) for x in written) <= 4  # as sent on the wire
+    scores = [body["score"], *(a["score"] for a in body["alternatives"])]
+    assert all(x == round(x, 4) for x in scores)  # as `caption --json` writes them
+
+
+def test_page_lists_what_the_server_accepts(client):
+    """One list: every format the page names (and its file picker offers) is captioned, and
+    nothing the server accepts is left off the page."""
+    page = client.get("/").text
+    assert "{{" not in page
+    listed = re.search(r'<span id="formats">([^<]*)</span>', page).group(1)
+    assert listed == accepted_formats() and "TIFF" in listed
+    accept = re.search(r'<input id="file" type="file" accept="([^"]*)"', page).group(1)
+    assert set(accept.split(",")) == {x for f in FORMATS.values()
+                                      for x in [f["mime"], *f["extensions"]]}
+    for fmt in FORMATS:
+        data = encode(photo(), fmt)
+        assert sniff(data) == fmt
+        r = post(client, data, name=f"x{FORMATS[fmt]['extensions'][0]}")
+        assert r.status_code == 200 and r.json()["image"]["format"] == fmt, (fmt, r.text)
+    assert re.search(r'<a href="/docs">', page) and 'fetch("/v1/model")' in page
+
+
+@pytest.mark.parametrize("data,says", [
+    (b"hello, I am text", 'text starting "hello, I am text"'),
+    (b"%PDF-1.4\n%\xe2\xe3", "a PDF document"),
+    (b"PK\x03\x04\x14\x00\x00\x00", "a ZIP archive"),
+    (b"\n<!DOCTYPE html><html><body>hi</body></html>", "an HTML page"),
+    (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG drawing"),
+    (b"\xff\xe4\"y\xf3\xbd\x06\x83\x00", "bytes ff e4 22 79 f3 bd 06 83"),
+    (bytes(16), "bytes 00 00 00 00 00 00 00 00"),
+])
+def test_refusals_describe_the_upload_without_bytes_literals(client, data, says):
+    reason = error_of(post(client, data), 415)
+    assert says in reason and says in describe_bytes(data)
+    assert accepted_formats() in reason
+    assert not re.search(r"""b['"]""", reason) and "\\x" not in reason, reason
+
+
+def test_one_access_log_line_per_request(client, caplog):
+    jpeg = encode(photo(), "JPEG")
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOG.name):
+        assert client.get("/healthz").status_code == 200
+        assert post(client, jpeg, beam=1).status_code == 200
+        assert client.get("/no/such/page").status_code == 404
+        assert post(client, jpeg, beam=0).status_code == 422
+        assert post(client, b"\xff\xd8\xff" + bytes(300_000)).status_code == 413  # BodyLimit
+        assert client.get("/a%0Ab").status_code == 404  # a newline in the path: still one line
+    lines = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOG.name]
+    assert len(lines) == 6, lines
+    expected = [("GET", "/healthz", "200"), ("POST", "/v1/captions", "200"),
+                ("GET", "/no/such/page", "404"), ("POST", "/v1/captions", "422"),
+                ("POST", "/v1/captions", "413"), ("GET", "/a%0Ab", "404")]
+    for line, (method, path, status) in zip(lines, expected, strict=True):
+        m = re.fullmatch(r"(\S+) (\S+) (\d{3}) (\d+\.\d) ms", line)
+        assert m and m.groups()[:3] == (method, path, status), line
+    assert float(lines[1].split()[-2]) > 0
+
+
+def test_log_requests_prints_each_request_once(client):
+    out, again = io.StringIO(), io.StringIO()
+    try:
+        log_requests(out)
+        log_requests(again)  # replaces the first: never two lines for one request
+        client.get("/healthz")
+        client.get("/v1/model")
+    finally:
+        for h in [h for h in ACCESS_LOG.handlers if getattr(h, "captionkit_access", False)]:
+            ACCESS_LOG.removeHandler(h)
+        ACCESS_LOG.propagate = True
+        ACCESS_LOG.setLevel(logging.NOTSET)
+    assert out.getvalue() == ""
+    lines = again.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" ms") and "GET /healthz 200" in lines[0]
+    assert "GET /v1/model 200" in lines[1]
 
 
 @pytest.mark.parametrize("name,make", [
@@ -107,6 +202,8 @@ def test_bad_uploads_get_the_right_4xx(client):
     png = encode(photo(), "PNG")
     assert "empty" in error_of(post(client, b""), 400)
     assert "not a JPEG" in error_of(post(client, b"hello, I am text"), 415)
+    tiff = encode(photo(), "TIFF")
+    assert "truncated" in error_of(post(client, tiff[: len(tiff) // 2], name="a.tif"), 422)
     error_of(post(client, b"<!doctype html><html><body>hi</body></html>", name="a.jpg"), 415)
     error_of(post(client, b'<svg xmlns="http://www.w3.org/2000/svg"/>', name="a.png"), 415)
     assert "truncated" in error_of(post(client, jpeg[: len(jpeg) // 2]), 422)
@@ -200,4 +297,5 @@ def test_adaptive_attention_answers_with_beta_per_word(shapes_root, tmp_path):
         body = post(c, encode(photo(), "JPEG"), beam=1, attention="true").json()
     assert body["words"] and len(body["beta"]) == len(body["words"])
     for b, m in zip(body["beta"], body["attention"]["maps"], strict=True):
-        assert 0 <= b <= 1 and abs(b - (1 - sum(m))) < 1e-3
+        assert 0 <= b <= 1 and b == round(b, 4)
+        assert abs(b - (1 - sum(m))) <= (len(m) + 1) * 5e-5 + 1e-9  # each rounded to 1e-4

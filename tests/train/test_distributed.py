@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from captionkit.data.dataset import LengthBucketSampler
 from captionkit.train.distributed import Dist, resolve_device, setup
@@ -53,7 +54,20 @@ def test_two_gloo_processes_match_one_process(tiny_config, tmp_path):
                            str(tmp_path / "cfg.yaml"), "--quiet"],
                           env=env, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().count("best checkpoint: ") == 1  # rank 0 only, not per rank
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines]
     assert rows[0]["step"] == single.history[0]["step"] == 3
     assert rows[0]["loss"] == pytest.approx(single.history[0]["loss"], rel=1e-4)
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_one_clear_line(monkeypatch):
+    from captionkit.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match="no CUDA device.*train.device=cpu"):
+            resolve_device(name)
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("gpu0")
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"

@@ -139,7 +139,8 @@ def test_adaptive_attention_reports_beta_per_word(tiny_config):
     assert main(["caption", str(image), "--checkpoint", str(ckpt), "--json", str(out)]) == 0
     row = json.loads(out.read_text().splitlines()[0])
     assert len(row["beta"]) == len(row["caption"].split())
-    additive = captionkit.load(fit(tiny_config.override(["train.max_steps=1"]),
+    other = f"train.out_dir={Path(cfg.train.out_dir).parent / 'additive_run'}"
+    additive = captionkit.load(fit(tiny_config.override(["train.max_steps=1", other]),
                                    progress=False).best_checkpoint)
     assert additive.caption(image).beta is None
 
@@ -169,3 +170,31 @@ def test_every_decoder_and_mechanism_trains_saves_scst_and_captions(tiny_config,
     res = captioner.caption(by_split(load_records(base.data), "dev")[0].image, max_len=4)
     assert res.attention.shape == (len(res.words), *captioner.grid)
     assert (res.beta is not None) == (attention == "adaptive")
+
+
+def test_a_run_folder_that_holds_a_run_is_refused_unless_overwrite(tiny_config, tmp_path):
+    from captionkit.errors import CaptionKitError
+
+    cfg = tiny_config.override(["train.max_steps=1"])
+    run = Path(cfg.train.out_dir)
+    fit(cfg, progress=False)
+    before = (run / "metrics.jsonl").read_text()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(CaptionKitError, match="not empty.*--resume.*--overwrite"):
+        fit(cfg, progress=False)
+    assert (run / "metrics.jsonl").read_text() == before  # nothing was touched
+    stale = run / "resume-000009999"
+    stale.mkdir()
+    fit(cfg, progress=False, overwrite=True)
+    assert not stale.exists() and (run / "best" / "model.safetensors").is_file()
+    assert (run / "notes.txt").read_text() == "mine"  # only a run's own files are replaced
+
+
+def test_a_failed_start_writes_nothing(tiny_config, tmp_path):
+    from captionkit.errors import CaptionKitError
+
+    cfg = tiny_config.override([f"data.feature_cache={tmp_path / 'no_cache'}",
+                                "encoder.trainable=false"])
+    with pytest.raises(CaptionKitError, match="no complete feature cache"):
+        fit(cfg, progress=False)
+    assert not Path(cfg.train.out_dir).exists()  # no folder holding only config.yaml

@@ -38,7 +38,9 @@ def read_csv(
     if path.is_dir():
         path = path / DEFAULT_NAME
     if not path.is_file():
-        raise DatasetError("caption CSV not found", str(path))
+        raise DatasetError(f"caption CSV not found{relative_note(root)}; point data.root at the "
+                           f"CSV file or at a folder holding {DEFAULT_NAME} (--data-dir PATH or "
+                           "--set data.root=PATH)", str(path))
 
     rows = _rows(path)
     col = _columns(next(rows, (1, []))[1], path)
@@ -58,6 +60,14 @@ def read_csv(
     records.sort(key=lambda r: SPLITS.index(r.split))
     check_images_exist(records, path)
     return records
+
+
+def relative_note(given: str | Path) -> str:
+    """`` (data.root 'x' is relative to the working directory /cwd)`` for a relative dataset
+    path (what a reader tried depends on where it ran), else nothing."""
+    if Path(given).expanduser().is_absolute():
+        return ""
+    return f" (data.root {str(given)!r} is relative to the working directory {Path.cwd()})"
 
 
 def _columns(header_row: list[str], path: Path) -> dict[str, int]:

@@ -169,11 +169,23 @@ def caption_dataset(records: list[CaptionRecord], vocab: Vocabulary, preprocess:
 def usable_records(records: list[CaptionRecord], store=None, progress: bool = True
                    ) -> tuple[list[CaptionRecord], list[ImageLoadError]]:
     """Split records into those a dataset can read (in ``store`` when given, else whose image
-    decodes) and the errors of the others."""
+    decodes) and the errors of the others.
+
+    With a store, a record that is neither cached nor listed as unreadable at extraction means
+    the cache was built from another dataset: that is refused, saying how to build the right
+    one or train without it."""
     if store is None:
         return partition_readable(records, progress)
-    missing = [ImageLoadError(r.image, "not in the feature cache") for r in records
-               if r.image_id not in store]
+    foreign = [r for r in records if r.image_id not in store and r.image_id not in store.failed]
+    if foreign:
+        raise CaptionKitError(
+            f"{store.path}: this feature cache belongs to another dataset: {len(foreign)} of "
+            f"{len(records)} image(s) are not in it (e.g. {foreign[0].image_id!r}). Build one "
+            "for this dataset (`captionkit extract-features --config PRESET --data-dir DIR "
+            "--pretrained --out CACHE`, then --set data.feature_cache=CACHE) or read the "
+            "images instead (--set data.feature_cache=null)")
+    missing = [ImageLoadError(r.image, "not in the feature cache (unreadable at extraction)")
+               for r in records if r.image_id not in store]
     return [r for r in records if r.image_id in store], missing
 
 

@@ -147,9 +147,20 @@ def extract_features(records: list[CaptionRecord], encoder, out: str | Path,
         raise CaptionKitError("duplicate image ids in the records; cannot index a cache")
     if (out / INDEX).is_file():
         try:
-            return FeatureStore(out, key)
+            store = FeatureStore(out, key)
         except CaptionKitError:
-            pass  # stale or other encoder: rebuild
+            store = None  # stale or other encoder: rebuild
+        if store is not None and store.image_ids != ids:
+            cached = set(store.image_ids)
+            new = [i for i in ids if i not in cached]
+            example = f"e.g. {new[0]!r} is not in it" if new else "a subset or another order"
+            raise CaptionKitError(
+                f"{out}: holds a feature cache of other images ({len(store.image_ids)} cached, "
+                f"{len(ids)} asked, {example}); extract into another --out folder, or delete "
+                "this one")
+        if store is not None:
+            store.up_to_date = True
+            return store
     shape = (len(records), encoder.grid[0] * encoder.grid[1], encoder.out_dim)
     feats, done = _open_for_writing(out, key, ids, shape)
     failed_path = out / "failed.jsonl"
@@ -227,6 +238,8 @@ class FeatureStore:
         if verify and file_sha256(self.path / FEATURES) != index["sha256"]:
             raise CaptionKitError(f"{self.path}: feature file checksum mismatch; rebuild the cache")
         self.key, self.shape = index["key"], shape
+        self.image_ids = list(index["image_ids"])
+        self.up_to_date = False  # extract_features: True when it found this cache complete
         self.failed = set(index["failed"])
         self.row = {iid: i for i, iid in enumerate(index["image_ids"]) if iid not in self.failed}
         self.features = np.memmap(self.path / FEATURES, np.float16, "r", shape=shape)

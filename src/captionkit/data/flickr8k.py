@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from captionkit.data.csv_captions import DEFAULT_NAME as CSV_NAME
+from captionkit.data.csv_captions import relative_note
 from captionkit.data.records import SPLITS, CaptionRecord, check_images_exist
 from captionkit.errors import DatasetError
 
@@ -19,6 +21,7 @@ SPLIT_FILES = {
 }
 _TOKEN_KEY = re.compile(r"^(?P<name>.+)#(?P<index>\d+)$")
 _SHOW_MISSING = 5
+_AS_CSV = "read it as a CSV dataset with --dataset csv (or --set data.dataset=csv)"
 
 
 def read_flickr8k(root: str | Path) -> list[CaptionRecord]:
@@ -28,12 +31,18 @@ def read_flickr8k(root: str | Path) -> list[CaptionRecord]:
     means that split is absent), ordered train, dev, test and then by list order.
     Raises :class:`DatasetError` naming the file (and line) for anything missing or malformed.
     """
-    root = Path(root).expanduser().absolute()
+    given, root = root, Path(root).expanduser().absolute()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        raise DatasetError(f"a CSV file, not a Flickr8k folder: {_AS_CSV}", str(root))
     if not root.is_dir():
-        raise DatasetError("Flickr8k folder not found", str(root))
+        raise DatasetError(f"Flickr8k folder not found{relative_note(given)}; point data.root "
+                           f"at the folder holding {TEXT_DIR}/ and {IMAGE_DIR}/ (--data-dir DIR "
+                           "or --set data.root=DIR)", str(root))
     token_path = root / TEXT_DIR / TOKEN_FILE
     if not token_path.is_file():
-        raise DatasetError(f"Flickr8k caption file not found (expected {token_path})", str(root))
+        also = f"; the folder holds {CSV_NAME}: {_AS_CSV}" if (root / CSV_NAME).is_file() else ""
+        raise DatasetError(f"Flickr8k caption file not found (expected {token_path}){also}",
+                           str(root))
     image_dir = root / IMAGE_DIR
     if not image_dir.is_dir():
         raise DatasetError(f"Flickr8k image folder not found (expected {image_dir})", str(root))

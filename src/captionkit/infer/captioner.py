@@ -22,10 +22,10 @@ from captionkit.config import Config
 from captionkit.data.features import fast_inference
 from captionkit.data.images import Preprocess, load_image
 from captionkit.data.vocab import Vocabulary
-from captionkit.infer.decoding import beam_search
+from captionkit.infer.decoding import DEFAULT_BEAM, beam_search, check_decoding
 from captionkit.models.attention import sentinel_beta
 from captionkit.models.decoders import has_sentinel
-from captionkit.models.precision import inference_decoder
+from captionkit.models.precision import DEFAULT_PRECISION, inference_decoder
 from captionkit.models.precision import resolve as resolve_precision
 
 
@@ -41,6 +41,7 @@ class CaptionResult:
     image: Image.Image | None = None
     # adaptive attention: per word, the weight on the visual sentinel (1 - beta: on the image)
     beta: list[float] | None = None
+    precision: str = "fp32"  # the decoder arithmetic that produced it: fp32 or bf16
 
 
 class BaseCaptioner(ABC):
@@ -63,15 +64,22 @@ class BaseCaptioner(ABC):
         self.dtype = dtype
         self.sentinel = has_sentinel(cfg.decoder)  # results carry per-word beta
 
+    @property
+    def precision(self) -> str:
+        """The decoder arithmetic: ``"fp32"`` or ``"bf16"``."""
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, S, S) on ``self.device`` -> grid features (B, N, D), N = h * w."""
 
-    def caption(self, image, beam_size: int = 1, max_len: int | None = None) -> CaptionResult:
-        """Caption one image (a path or a PIL image): text plus per-word attention maps."""
+    def caption(self, image, beam_size: int = DEFAULT_BEAM,
+                max_len: int | None = None) -> CaptionResult:
+        """Caption one image (a path or a PIL image): text plus per-word attention maps
+        (beam 3 and fp32 by default, as ``evaluate`` scores; ``beam_size=1`` is greedy)."""
         return self.caption_batch([image], beam_size, max_len)[0]
 
-    def caption_batch(self, images: list, beam_size: int = 1, max_len: int | None = None,
+    def caption_batch(self, images: list, beam_size: int = DEFAULT_BEAM, max_len: int | None = None,
                       length_penalty: float = 0.0,
                       no_repeat_ngram: int = 0) -> list[CaptionResult]:
         """Caption several images (paths or PIL images) in one batch; each result carries the
@@ -84,15 +92,17 @@ class BaseCaptioner(ABC):
         return results
 
     @torch.no_grad()
-    def caption_pixels(self, x: torch.Tensor, beam_size: int = 1, max_len: int | None = None,
+    def caption_pixels(self, x: torch.Tensor, beam_size: int = DEFAULT_BEAM, max_len: int | None = None,
                        length_penalty: float = 0.0,
                        no_repeat_ngram: int = 0) -> list[CaptionResult]:
         """Caption already preprocessed images x (B, 3, S, S) (``self.preprocess`` output), as
         the server does after decoding each upload on its own thread."""
+        check_decoding(beam_size, max_len)  # before the encoder's work
         feats = self.encode(x.to(self.device)).to(self.dtype)  # (B, N, D)
         hyps = beam_search(self.decoder, feats, start_id=self.vocab.start_id,
                            end_id=self.vocab.end_id, beam_size=beam_size,
-                           max_len=max_len or self.vocab.max_len, length_penalty=length_penalty,
+                           max_len=self.vocab.max_len if max_len is None else max_len,
+                           length_penalty=length_penalty,
                            no_repeat_ngram=no_repeat_ngram, banned=self.vocab.banned)
         return [self._result(beams) for beams in hyps]
 
@@ -103,17 +113,19 @@ class BaseCaptioner(ABC):
         att = maps.numpy().reshape(len(words), *self.grid)
         alts = [(self.vocab.decode(h.tokens), h.score) for h in beams]
         beta = sentinel_beta(maps).tolist() if self.sentinel else None
-        return CaptionResult(" ".join(words), words, best.score, att, alts, beta=beta)
+        return CaptionResult(" ".join(words), words, best.score, att, alts, beta=beta,
+                             precision=self.precision)
 
 
 class Captioner(BaseCaptioner):
     """A trained PyTorch model ready to caption images: wraps model, config and vocabulary."""
 
     def __init__(self, model, cfg: Config, vocab: Vocabulary, meta: dict, device: str = "cpu",
-                 fast: bool = True, precision: str = "auto") -> None:
-        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic; ``auto`` is
-        bf16 where the hardware computes bf16 natively (about 5x faster beam search on such
-        CPUs, same captions for most images), else fp32."""
+                 fast: bool = True, precision: str = DEFAULT_PRECISION) -> None:
+        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic, fp32 by
+        default (what ``evaluate`` scores and ONNX runs); ``bf16`` (or ``auto``: bf16 where
+        the hardware computes it natively) is about 5x faster beam search on such CPUs, with
+        the same captions for most images but not all."""
         device = torch.device(device)
         dtype = resolve_precision(precision, device)
         super().__init__(inference_decoder(model.decoder, dtype), vocab, cfg, meta,
@@ -124,7 +136,7 @@ class Captioner(BaseCaptioner):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu",
-                        precision: str = "auto") -> Captioner:
+                        precision: str = DEFAULT_PRECISION) -> Captioner:
         model, cfg, vocab, meta = load_checkpoint(path, device)
         return cls(model, cfg, vocab, meta, device, precision=precision)
 
@@ -140,6 +152,7 @@ class Captioner(BaseCaptioner):
         return self._traced[size](x)  # (B, N, D)
 
 
-def load(path: str | Path, device: str = "cpu", precision: str = "auto") -> Captioner:
+def load(path: str | Path, device: str = "cpu",
+         precision: str = DEFAULT_PRECISION) -> Captioner:
     """Load a checkpoint folder into a :class:`Captioner`."""
     return Captioner.from_checkpoint(path, device, precision)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from captionkit.errors import ConfigError
+
 
 @dataclass
 class Hypothesis:
@@ -47,20 +49,38 @@ def _reorder(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
     return tuple(s.index_select(0, index) for s in state)
 
 
+# The beam size of every path's default (evaluate, caption, serve, the API): one caption,
+# whatever the path.
+DEFAULT_BEAM = 3
+
+
+def check_decoding(beam_size: int, max_len: int | None) -> None:
+    """Refuse a beam size below 1 or a caption length below 1 (``None``: the default)."""
+    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
+        raise ConfigError(f"beam size must be a whole number >= 1 (1 = greedy), got "
+                          f"{beam_size!r}")
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+        raise ConfigError(f"max_len must be a whole number >= 1 (words per caption), got "
+                          f"{max_len!r}")
+
+
 @torch.no_grad()
 def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size: int = 3,
                 max_len: int = 20, length_penalty: float = 0.0,
-                no_repeat_ngram: int = 0, banned: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
+                no_repeat_ngram: int = 0, banned: tuple[int, ...] = (),
+                min_len: int = 1) -> list[list[Hypothesis]]:
     """Batched beam search: every image of ``feats`` (B, N, D) at once, ``beam_size`` beams each.
 
     Returns, for each image, its ``beam_size`` hypotheses, best first. The score of a finished
     beam is its log-probability divided by ``len ** length_penalty`` (0 = no normalisation).
     ``no_repeat_ngram=n`` (> 0) forbids any word n-gram from appearing twice in a caption;
     ``banned`` token ids are never generated (callers pass ``vocab.banned``: <pad>, <start>,
-    <unk>).
+    <unk>). ``<end>`` is not allowed before ``min_len`` words: by default a caption is never
+    empty (an untrained or weak model's wider beams otherwise often prefer ending at once).
     All tensor work is batched; Python loops only over time steps (and, after the search, over
     the results to package them).
     """
+    check_decoding(beam_size, max_len)
     B, N, _ = feats.shape
     k = beam_size
     state = _repeat(decoder.init_state(feats), k)  # image-side work once per image
@@ -75,11 +95,13 @@ def beam_search(decoder, feats: Tensor, *, start_id: int, end_id: int, beam_size
     done = torch.zeros(B * k, dtype=torch.bool, device=feats.device)
     offsets = (torch.arange(B, device=feats.device) * k).unsqueeze(1)  # (B, 1)
     never = torch.tensor(banned, dtype=torch.long, device=feats.device)
-    for _ in range(max_len):  # at most max_len words (an <end> may follow within the budget)
+    for t in range(max_len):  # at most max_len words (an <end> may follow within the budget)
         logits, state, alpha = decoder.step(feats, state, token)  # (B*k, V), (B*k, N)
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B*k, V)
         if banned:
             logp = logp.index_fill(1, never, float("-inf"))
+        if t < min_len:
+            logp[:, end_id] = float("-inf")
         logp = _block_repeats(logp, seqs, no_repeat_ngram)
         V = logp.size(1)
         frozen = torch.full_like(logp, float("-inf"))

@@ -18,12 +18,12 @@ from captionkit.data import by_split, load_records
 from captionkit.data.dataset import ImageCaptionDataset, caption_dataset, usable_records
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.data.vocab import Vocabulary
-from captionkit.errors import CaptionKitError
-from captionkit.infer.decoding import Hypothesis, beam_search
+from captionkit.errors import CaptionKitError, ConfigError
+from captionkit.infer.decoding import Hypothesis, beam_search, check_decoding
 from captionkit.metrics import corpus_bleu_cider
 from captionkit.metrics.coco import ALL_METRICS, results_to_dict, score_captions
 from captionkit.models.captioner import CaptionModel
-from captionkit.models.precision import inference_decoder
+from captionkit.models.precision import DEFAULT_PRECISION, inference_decoder
 from captionkit.models.precision import resolve as resolve_precision
 from captionkit.progress import bar as progress_bar
 
@@ -72,7 +72,12 @@ class DecodeSettings:
     length_penalty: float = 0.0
     no_repeat_ngram: int = 0
     batch_size: int = 50
-    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware has it)
+    precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (bf16 where the hardware has it)
+
+    def __post_init__(self) -> None:
+        check_decoding(self.beam, self.max_len)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
 
 
 def split_dataset(model, cfg, vocab, split: str, feature_cache: str | None,
@@ -111,10 +116,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
               f"e.g. {left_out[0]}")
     loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False,
                         collate_fn=ds.collate)
+    dtype = resolve_precision(settings.precision, torch.device(device))
     hyps = generate(model, loader, vocab, torch.device(device),
-                    settings.max_len or vocab.max_len, progress, settings.beam,
-                    settings.length_penalty, settings.no_repeat_ngram,
-                    resolve_precision(settings.precision, torch.device(device)))
+                    vocab.max_len if settings.max_len is None else settings.max_len, progress, settings.beam,
+                    settings.length_penalty, settings.no_repeat_ngram, dtype)
     results = [{"image_id": ds.records[i].image_id, "caption": vocab.decode(h.tokens)}
                for i, h in sorted(hyps.items())]
     refs = {r.image_id: list(r.captions) for r in ds.records}
@@ -122,6 +127,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
                             tokenizer, allow_empty=True)
     record = {"checkpoint": str(checkpoint), "dataset": data.dataset, "data_dir": data.root,
               "split": split, "decode": settings.__dict__, "tokenizer": tokenizer,
+              "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
               "encoder": cfg.encoder.name, "decoder": cfg.decoder.name,
               "stage": cfg.train.stage,
               "checkpoint_epoch": meta.get("epoch"), "left_out": len(left_out),

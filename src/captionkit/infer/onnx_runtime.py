@@ -148,7 +148,7 @@ class OnnxCaptioner(BaseCaptioner):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu",
-                        precision: str = "auto") -> OnnxCaptioner:
+                        precision: str = "fp32") -> OnnxCaptioner:
         """Not available (kept so that the mistake gets a pointer, not an AttributeError):
         export the checkpoint first (:func:`captionkit.infer.export.export_onnx`), then
         :func:`load_onnx` the folder."""
@@ -157,6 +157,9 @@ class OnnxCaptioner(BaseCaptioner):
                               "then load_onnx")
 
 
-def load_onnx(folder: str | Path, threads: int = 2) -> OnnxCaptioner:
-    """Load an ONNX export folder into an :class:`OnnxCaptioner` (onnxruntime, CPU)."""
-    return OnnxCaptioner(folder, threads)
+def load_onnx(folder: str | Path, threads: int | None = None) -> OnnxCaptioner:
+    """Load an ONNX export folder into an :class:`OnnxCaptioner` (onnxruntime, CPU, fp32;
+    ``threads`` default: :func:`captionkit.threads.default_threads`)."""
+    from captionkit.threads import default_threads
+
+    return OnnxCaptioner(folder, default_threads() if threads is None else threads)

@@ -8,7 +8,10 @@ import copy
 import torch
 from torch import nn
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+# One default for evaluate, caption, serve, the API and ONNX: the captions evaluate scores are
+# the captions users get, on every machine. bf16 (or auto: bf16 where native) is opt-in.
+DEFAULT_PRECISION = "fp32"
 
 
 def bf16_native(device: torch.device) -> bool:

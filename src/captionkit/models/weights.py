@@ -64,15 +64,24 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle refused by weights_only, bad header...
-        raise CaptionKitError(
-            f"{p}: cannot read encoder weights ({type(e).__name__}: {e})"
-        ) from None
+        raise CaptionKitError(f"{p}: not a weights file: expected a .safetensors file or a "
+                              "PyTorch state dict of tensors (captionkit never unpickles other "
+                              f"objects){_reason(e)}") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
             sd = sd[key]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CaptionKitError(f"{p}: expected a state dict of tensors")
     return dict(sd)
+
+
+def _reason(e: Exception) -> str:
+    """The library's first line of why a file did not load, unless it is advice to unpickle
+    (PyTorch suggests ``weights_only=False``, which would run the file's code)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not first or "weights_only" in str(e) or "unpickl" in str(e).lower():
+        return ""
+    return f" ({type(e).__name__}: {first[:200]})"
 
 
 def match_state_dict(

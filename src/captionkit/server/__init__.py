@@ -1,5 +1,5 @@
 """The captioning server: a FastAPI app (REST API + web page) over a loaded captioner."""
 
-from captionkit.server.app import ServeConfig, create_app
+from captionkit.server.app import ServeConfig, create_app, log_requests
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "create_app", "log_requests"]

@@ -5,12 +5,15 @@
 # which refer to this closure's limits (cfg.max_beam), at route creation.
 import asyncio
 import html
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -19,8 +22,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from captionkit.infer.captioner import BaseCaptioner
+from captionkit.models.decoders import DECODERS
 from captionkit.server.batching import MicroBatcher
-from captionkit.server.limits import BodyLimit, RequestError, decode_upload
+from captionkit.server.limits import (
+    FORMATS,
+    BodyLimit,
+    RequestError,
+    accept_attribute,
+    accepted_formats,
+    decode_upload,
+)
+
+ACCESS_LOG = logging.getLogger("captionkit.server.access")
+DIGITS = 4  # decimals of attention maps, beta and scores in responses (as `caption --json`)
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,20 @@ def create_app(captioner: BaseCaptioner, cfg: ServeConfig | None = None, checkpo
     _add_errors(app)
     _add_pages(app)
     _add_api(app, captioner, cfg, batcher, checkpoint)
-    return BodyLimit(app, cfg.max_upload_bytes + 64 * 1024, cfg.request_timeout_s)
+    return AccessLog(BodyLimit(app, cfg.max_upload_bytes + 64 * 1024, cfg.request_timeout_s))
+
+
+def model_info(captioner: BaseCaptioner, checkpoint: str) -> dict:
+    """What ``GET /v1/model`` says about the model (the page shows it): encoder, decoder, its
+    attention mechanism, vocabulary size, grid, input size, checkpoint and its scores."""
+    mc = captioner.cfg
+    fields = DECODERS.info(mc.decoder.name).get("fields", ())
+    attention = mc.decoder.attention if "attention" in fields else "multi-head (transformer)"
+    return {"checkpoint": checkpoint, "checkpoint_name": Path(checkpoint).name,
+            "encoder": mc.encoder.name, "decoder": mc.decoder.name,
+            "attention": attention, "vocab_size": len(captioner.vocab),
+            "grid": list(captioner.grid), "image_size": captioner.preprocess.size,
+            "epoch": captioner.meta.get("epoch"), "metrics": captioner.meta.get("metrics", {})}
 
 
 def _add_api(app: FastAPI, captioner: BaseCaptioner, cfg: ServeConfig, batcher: MicroBatcher,
@@ -72,18 +99,17 @@ def _add_api(app: FastAPI, captioner: BaseCaptioner, cfg: ServeConfig, batcher: 
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/model", summary="the loaded model: encoder, decoder, vocabulary, metrics")
+    info = model_info(captioner, checkpoint)
+
+    @app.get("/v1/model", summary="the loaded model: encoder, decoder, attention, vocabulary, "
+             "checkpoint, metrics; the accepted image formats and the server's limits")
     async def model() -> dict:
-        mc = captioner.cfg
-        return {"checkpoint": checkpoint, "encoder": mc.encoder.name,
-                "decoder": mc.decoder.name, "vocab_size": len(captioner.vocab),
-                "grid": list(captioner.grid), "image_size": captioner.preprocess.size,
-                "epoch": captioner.meta.get("epoch"), "metrics": captioner.meta.get("metrics", {}),
-                "limits": asdict(cfg), "batches_run": batcher.batches}
+        return {**info, "accepts": FORMATS, "limits": asdict(cfg),
+                "batches_run": batcher.batches}
 
     @app.post("/v1/captions", summary="caption one image (multipart field 'image')")
     async def captions(
-            image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")],
+            image: Annotated[UploadFile, File(description=accepted_formats())],
             beam: Annotated[int, Form(ge=1, le=cfg.max_beam)] = 3,
             max_len: Annotated[int, Form(ge=1, le=cfg.max_words)] = 20,
             attention: Annotated[bool, Form()] = False) -> dict:
@@ -104,15 +130,17 @@ def _add_api(app: FastAPI, captioner: BaseCaptioner, cfg: ServeConfig, batcher: 
 
 
 def _response(res, pil, fmt: str, attention: bool, grid, timing: dict) -> dict:
-    out = {"caption": res.text, "score": res.score, "words": res.words,
-           "alternatives": [{"caption": t, "score": s} for t, s in res.alternatives],
+    out = {"caption": res.text, "score": round(res.score, DIGITS), "words": res.words,
+           "alternatives": [{"caption": t, "score": round(s, DIGITS)} for t, s in res.alternatives],
+           "precision": res.precision,  # the decoder arithmetic (fp32 by default)
            "image": {"width": pil.width, "height": pil.height, "format": fmt},
            "timing_ms": {k: round(v, 2) for k, v in timing.items()}}
     if attention:
         maps = res.attention.reshape(len(res.words), grid[0] * grid[1])  # (T, h*w)
-        out["attention"] = {"grid": list(grid), "maps": maps.round(5).tolist()}
+        maps = maps.astype(np.float64).round(DIGITS)  # float32 would print 0.0204000007
+        out["attention"] = {"grid": list(grid), "maps": maps.tolist()}
     if res.beta is not None:  # adaptive attention: the sentinel's weight per word
-        out["beta"] = [round(b, 4) for b in res.beta]
+        out["beta"] = [round(b, DIGITS) for b in res.beta]
     return out
 
 
@@ -138,6 +166,8 @@ def _add_errors(app: FastAPI) -> None:
 
 def _add_pages(app: FastAPI) -> None:
     page = resources.files("captionkit.server").joinpath("static/index.html").read_text()
+    page = (page.replace("{{FORMATS}}", html.escape(accepted_formats()))
+            .replace("{{ACCEPT}}", html.escape(accept_attribute())))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -169,3 +199,47 @@ def api_reference(spec: dict) -> str:
             "<p>Machine-readable: <a href=/openapi.json>/openapi.json</a>. Errors are JSON "
             "<code>{\"error\": reason, \"status\": code}</code>.</p><table><tr><th>endpoint</th>"
             "<th>what</th><th>parameters</th></tr>" + "".join(rows) + "</table></html>")
+
+
+class AccessLog:
+    """ASGI wrapper: one line per HTTP request, ``GET /v1/model 200 1.8 ms`` (method, path,
+    status, milliseconds to the end of the response), at INFO on the
+    ``captionkit.server.access`` logger. Outermost, so refusals by :class:`BodyLimit` are
+    logged too; ``-`` for the status of a request that got no response (client gone)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), "-"
+
+        async def noting_send(msg) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+        try:
+            await self.app(scope, receive, noting_send)
+        finally:
+            path = "".join(c if c.isprintable() and c != " " else f"%{ord(c):02X}"
+                           for c in scope["path"])  # one line, whatever the path holds
+            ACCESS_LOG.info("%s %s %s %.1f ms", scope["method"], path, status,
+                            (time.perf_counter() - t0) * 1e3)
+
+
+def log_requests(stream=None) -> logging.Handler:
+    """Print the access log to ``stream`` (default stderr), one timestamped line per request,
+    as ``captionkit serve`` does (with uvicorn's own access log off). Calling it again
+    replaces the handler, so a request is never printed twice."""
+    for old in [h for h in ACCESS_LOG.handlers if getattr(h, "captionkit_access", False)]:
+        ACCESS_LOG.removeHandler(old)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.captionkit_access = True
+    ACCESS_LOG.addHandler(handler)
+    ACCESS_LOG.setLevel(logging.INFO)
+    ACCESS_LOG.propagate = False  # printed here only, even if the root logger prints too
+    return handler

@@ -9,7 +9,15 @@ import json
 from captionkit.data.images import load_image
 from captionkit.errors import ImageLoadError
 
-SIGNATURES = (  # leading bytes -> format
+FORMATS = {  # what the server accepts (sniff's names) -> MIME type and file extensions
+    "JPEG": {"mime": "image/jpeg", "extensions": [".jpg", ".jpeg"]},
+    "PNG": {"mime": "image/png", "extensions": [".png"]},
+    "WEBP": {"mime": "image/webp", "extensions": [".webp"]},
+    "GIF": {"mime": "image/gif", "extensions": [".gif"]},
+    "BMP": {"mime": "image/bmp", "extensions": [".bmp"]},
+    "TIFF": {"mime": "image/tiff", "extensions": [".tif", ".tiff"]},
+}
+SIGNATURES = (  # leading bytes -> format (WEBP: RIFF....WEBP, in sniff)
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"GIF87a", "GIF"),
@@ -18,6 +26,42 @@ SIGNATURES = (  # leading bytes -> format
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+NOT_IMAGES = (  # leading bytes (lower-cased) -> what an upload that is no image is
+    (b"%pdf", "a PDF document"),
+    (b"pk\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"<svg", "an SVG drawing (vector images are not supported)"),
+    (b"<?xml", "an XML document"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+)
+
+
+def accepted_formats() -> str:
+    """The accepted formats as prose: ``"JPEG, PNG, WEBP, GIF, BMP or TIFF"``."""
+    names = list(FORMATS)
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def accept_attribute() -> str:
+    """The file input's ``accept`` list: every accepted MIME type and extension."""
+    return ",".join(x for f in FORMATS.values() for x in [f["mime"], *f["extensions"]])
+
+
+def describe_bytes(data: bytes) -> str:
+    """What a refused upload looks like, for an error message: a known kind of file, the
+    start of its text, or its first bytes in hex (never a Python bytes literal)."""
+    head = data[:64].lstrip().lower()
+    kind = next((what for sig, what in NOT_IMAGES if head.startswith(sig)), None)
+    if kind is not None:
+        return kind
+    try:
+        text = data[:200].decode("utf-8")
+    except UnicodeDecodeError as e:  # a character cut at byte 200 still counts as text
+        text = data[: e.start].decode("utf-8") if e.start > 190 else ""
+    text = " ".join(text.split())
+    if text and all(c.isprintable() for c in text):
+        return f'text starting "{text[:24]}{"..." if len(text) > 24 else ""}"'
+    return "binary data starting with bytes " + data[:8].hex(" ")
 
 
 class RequestError(Exception):
@@ -29,7 +73,7 @@ class RequestError(Exception):
 
 
 def sniff(data: bytes) -> str | None:
-    """The image format the bytes start with (JPEG, PNG, GIF, WebP, BMP, TIFF), else None."""
+    """The image format the bytes start with (a key of :data:`FORMATS`), else None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return next((fmt for sig, fmt in SIGNATURES if data.startswith(sig)), None)
@@ -42,8 +86,8 @@ def decode_upload(data: bytes, name: str, max_pixels: int, max_side: int):
         raise RequestError(400, "empty upload: the image field holds no bytes")
     fmt = sniff(data)
     if fmt is None:
-        raise RequestError(415, "unsupported content: not a JPEG, PNG, WebP, GIF, BMP or TIFF "
-                                f"image (starts with {data[:8]!r})")
+        raise RequestError(415, f"unsupported content: not a {accepted_formats()} image "
+                                f"(the upload looks like {describe_bytes(data)})")
     try:
         image = load_image(data, max_pixels=max_pixels, name=name)
     except ImageLoadError as e:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from captionkit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -34,10 +36,22 @@ class Dist:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+    """``auto`` picks CUDA when available, else the CPU; asking for CUDA on a machine without
+    it is a one-line error, not a traceback from deep inside torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r} is not a device; use auto, cpu, cuda or "
+                          "cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but this machine has no CUDA device "
+                          "(torch.cuda.is_available() is False); use train.device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name} but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def setup(device_name: str) -> tuple[Dist, torch.device]:

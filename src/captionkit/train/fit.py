@@ -28,16 +28,24 @@ from captionkit.errors import CaptionKitError
 from captionkit.models.captioner import CaptionModel, build_model
 from captionkit.models.decoders import check_decoder_config, decoder_fields
 from captionkit.models.encoders import ENCODERS
-from captionkit.train.distributed import Dist, setup, wrap
+from captionkit.train.distributed import Dist, resolve_device, setup, wrap
 from captionkit.train.gpu.step import use_fast_path
 from captionkit.train.loop import FitResult, TrainLoop
 from captionkit.train.optim import build_optimizer
-from captionkit.train.resume import Progress, data_fingerprint, has_resume, load_resume
+from captionkit.train.resume import (
+    Progress,
+    check_run_folder,
+    clear_run_folder,
+    data_fingerprint,
+    has_resume,
+    load_resume,
+)
 from captionkit.train.stages import make_stage
 
 
-def prepare_data(cfg: Config, run_dir: Path, progress: bool = True):
-    """Read the dataset, skip unreadable images (listed in the run folder), build the vocab.
+def prepare_data(cfg: Config, progress: bool = True):
+    """Read the dataset, set unreadable images aside (returned, to be listed in the run
+    folder), build the vocab.
     With a feature cache, the images in it are picked later (:func:`make_datasets`: the
     cache's key needs the built encoder)."""
     records = load_records(cfg.data)
@@ -46,14 +54,11 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True):
         train, bad_train = usable_records(train, None, progress)
         dev, bad_dev = usable_records(dev, None, progress)
         bad = bad_train + bad_dev
-    if bad:
-        write_skip_report(bad, run_dir / "skipped_images.txt")
-        print(f"skipped {len(bad)} unreadable image(s); see {run_dir / 'skipped_images.txt'}")
     require_records(train, "train", cfg.data.root)
     require_records(dev, "dev", cfg.data.root)
     vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.data.min_freq,
                              cfg.data.max_len)
-    return train, dev, vocab
+    return train, dev, vocab, bad
 
 
 def make_datasets(cfg: Config, model: CaptionModel, train: list, dev: list, vocab: Vocabulary
@@ -62,9 +67,6 @@ def make_datasets(cfg: Config, model: CaptionModel, train: list, dev: list, voca
     (the cache must have been built by this very encoder: name, weights and preprocessing)."""
     store = None
     if cfg.data.feature_cache is not None:
-        if cfg.encoder.trainable or cfg.encoder.finetune_blocks > 0:
-            raise CaptionKitError("data.feature_cache needs a frozen encoder (encoder.trainable="
-                                  "false, finetune_blocks=0); a trained encoder reads images")
         store = FeatureStore(cfg.data.feature_cache, encoder_key(model.encoder))
         train, missing = usable_records(train, store)
         dev, missing_dev = usable_records(dev, store)
@@ -80,6 +82,10 @@ def check_names(cfg: Config) -> None:
     """Fail before any work when the config names an unknown dataset, encoder or decoder, or
     sets the named decoder's own fields inconsistently."""
     DATASETS.get(cfg.data.dataset)
+    if cfg.data.feature_cache is not None and (cfg.encoder.trainable
+                                               or cfg.encoder.finetune_blocks > 0):
+        raise CaptionKitError("data.feature_cache needs a frozen encoder (encoder.trainable="
+                              "false, finetune_blocks=0); a trained encoder reads images")
     ENCODERS.get(cfg.encoder.name)
     check_decoder_config(cfg.decoder)
 
@@ -116,26 +122,39 @@ def make_loader(cfg: Config, train_ds: ImageCaptionDataset, d: Dist,
                       pin_memory=device.type == "cuda")
 
 
-def fit(cfg: Config, progress: bool = True, resume: bool = False) -> FitResult:
+def fit(cfg: Config, progress: bool = True, resume: bool = False,
+        overwrite: bool = False) -> FitResult:
     """Train a captioner as ``cfg`` says (cross-entropy, or SCST from ``train.init``),
     validating each epoch and keeping the best checkpoint by ``train.select_metric`` on dev in
     ``<out_dir>/best`` and the latest in ``<out_dir>/last``. With ``resume`` a run folder's
-    resume point is continued exactly (same weights as a run that was never interrupted)."""
+    resume point is continued exactly (same weights as a run that was never interrupted).
+
+    A run folder that already holds a run is refused unless ``resume`` or ``overwrite``
+    (which removes the old run's files first); nothing is written into it before the config,
+    the device and the data have been checked."""
     check_names(cfg)
+    resolve_device(cfg.train.device)  # no CUDA device: one line now, not a traceback later
+    cfg = cfg.absolute_paths()  # the run folder's config and checkpoints work from anywhere
     t0 = time.perf_counter()
     run_dir = Path(cfg.train.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
+    check_run_folder(run_dir, resume, overwrite)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    train_recs, dev_recs, vocab = prepare_data(cfg, run_dir, progress)
+    train_recs, dev_recs, vocab, bad = prepare_data(cfg, progress)
     d, device = setup(cfg.train.device)
     if cfg.train.stage == "xe":
         model = build_model(cfg, len(vocab)).to(device)
     else:
         model, vocab = init_from_checkpoint(cfg, device)
-    vocab.save(run_dir / "vocab.json")
     train_ds, dev_ds = make_datasets(cfg, model, train_recs, dev_recs, vocab)
+    if overwrite and not resume and d.main:
+        clear_run_folder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    vocab.save(run_dir / "vocab.json")
+    if bad:
+        write_skip_report(bad, run_dir / "skipped_images.txt")
+        print(f"skipped {len(bad)} unreadable image(s); see {run_dir / 'skipped_images.txt'}")
     if train_ds.dropped:
         print(f"dropped {train_ds.dropped} training caption(s) with no known words")
     loader = make_loader(cfg, train_ds, d, device)

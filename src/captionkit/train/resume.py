@@ -105,6 +105,36 @@ def has_resume(run_dir: str | Path) -> bool:
     return (Path(run_dir) / POINTER).is_file()
 
 
+# What a run writes into its folder (removed by ``fit(..., overwrite=True)``)
+RUN_FILES = ("best", "last", "resume-*", POINTER, "metrics.jsonl", "config.yaml", "vocab.json",
+             "skipped_images.txt", "tensorboard")
+
+
+def check_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that already holds something, unless the run is resumed
+    or ``overwrite`` says to replace it."""
+    run_dir = Path(run_dir)
+    if resume or overwrite or not run_dir.is_dir():
+        return
+    held = sorted(p.name for p in run_dir.iterdir())
+    if held:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise CaptionKitError(f"{run_dir}: the run folder is not empty ({shown}); continue "
+                              f"that run with --resume {run_dir}, replace it with --overwrite, "
+                              "or choose another --out")
+
+
+def clear_run_folder(run_dir: str | Path) -> None:
+    """Remove a previous run's files (:data:`RUN_FILES`) from ``run_dir``; others stay."""
+    run_dir = Path(run_dir)
+    for pattern in RUN_FILES:
+        for path in run_dir.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def load_resume(run_dir: str | Path, model, optimizer, fingerprint: dict) -> Progress:
     """Restore model, optimizer and RNG states from the run's resume point; refuse if the
     data differs from what the run was started on."""

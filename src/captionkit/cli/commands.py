@@ -1,9 +1,10 @@
-"""Command line: ``captionkit {demo,train,extract-features,download,caption,evaluate,...}``."""
+"""What each ``captionkit`` command does (the parser is :mod:`captionkit.cli.parser`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,10 +46,27 @@ def cmd_train(args: argparse.Namespace) -> None:
             if diff := saved.diff(asked):
                 raise CaptionKitError(f"refusing to resume {args.resume} with a different "
                                       "config: " + "; ".join(diff))
+    elif args.config is None:
+        raise CaptionKitError("train needs --config PRESET (a preset name, e.g. "
+                              "flickr8k_lite0_lstm or shapes_demo, or a YAML file) or --resume "
+                              "RUN_DIR; `captionkit demo` trains the built-in shapes set")
     else:
         cfg = load_config(args.config, _overrides(args))
-    result = fit(cfg, progress=not args.quiet, resume=bool(args.resume))
-    print(f"best checkpoint: {result.best_checkpoint}  {json.dumps(result.best_metrics)}")
+    result = fit(cfg, progress=not args.quiet, resume=bool(args.resume),
+                 overwrite=args.overwrite)
+    if is_main_process():  # torchrun: one final line, not one per rank
+        print(f"best checkpoint: {result.best_checkpoint}  {format_metrics(result.best_metrics)}")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process that is not part of one."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def format_metrics(metrics: dict) -> str:
+    """``name value`` pairs rounded to 4 decimals (never ``3.85e-10``)."""
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in metrics.items())
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -62,12 +80,18 @@ def cmd_extract(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, _overrides(args))
     enc_cfg = replace(cfg.encoder, trainable=False,
                       pretrained=cfg.encoder.pretrained or args.pretrained)
+    if not (enc_cfg.pretrained or enc_cfg.weights or args.random_weights):
+        raise CaptionKitError(
+            f"the {enc_cfg.name} encoder has no weights here, so its features would come from "
+            "a random network: pass --pretrained (its ImageNet weights) or --encoder-weights "
+            "FILE, or --random-weights if that is what you want")
     records = load_records(cfg.data)
     store = extract_features(records, build_encoder(enc_cfg), args.out,
                              batch_size=args.batch_size, num_workers=args.workers,
                              progress=not args.quiet)
-    print(f"{len(store.row)} images cached in {args.out} ({len(store.failed)} unreadable, "
-          f"listed in {args.out}/failed.txt)")
+    state = "up to date: " if store.up_to_date else ""
+    print(f"{state}{len(store.row)} images cached in {args.out} ({len(store.failed)} "
+          f"unreadable, listed in {args.out}/failed.txt)")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -90,15 +114,6 @@ def _expand(paths: list[str]) -> list[Path]:
     return files
 
 
-def _decode_args(p: argparse.ArgumentParser, beam: int) -> None:
-    p.add_argument("--beam", type=int, default=beam, help="beam size (1 = greedy)")
-    p.add_argument("--max-len", type=int, help="most words per caption (default: vocab's)")
-    p.add_argument("--length-penalty", type=float, default=0.0,
-                   help="rank beams by logprob / len**x (0 = raw log-probability)")
-    p.add_argument("--no-repeat-ngram", type=int, default=0,
-                   help="forbid repeating any n-gram of this size (0 = off)")
-
-
 def cmd_caption(args: argparse.Namespace) -> None:
     from captionkit.data.images import load_image
     from captionkit.errors import ImageLoadError
@@ -107,7 +122,7 @@ def cmd_caption(args: argparse.Namespace) -> None:
     captioner = _load_captioner(args)
     files = _expand(args.images)
     out = open(args.json, "w") if args.json else None  # noqa: SIM115
-    failed = 0
+    failed, written = 0, []
     for s in range(0, len(files), args.batch_size):
         chunk, images = [], []
         for path in files[s : s + args.batch_size]:
@@ -124,20 +139,34 @@ def cmd_caption(args: argparse.Namespace) -> None:
         for i, (path, res) in enumerate(zip(chunk, results, strict=True), start=s):
             print(f"{path}\t{res.text}")
             if out:
-                row = {"image": str(path), "caption": res.text, "score": res.score,
-                       "alternatives": res.alternatives}
+                row = {"image": str(path), "caption": res.text, "score": round(res.score, 4),
+                       "alternatives": [(t, round(x, 4)) for t, x in res.alternatives],
+                       "precision": res.precision}
                 if res.beta is not None:  # adaptive attention: per-word sentinel weight
                     row["beta"] = [round(b, 4) for b in res.beta]
                 out.write(json.dumps(row) + "\n")
             if args.attention_map:
-                target = Path(args.attention_map)
-                if len(files) > 1:
-                    target = target.with_name(f"{target.stem}_{i}{target.suffix or '.png'}")
-                attention_figure(res.image, res.words, res.attention, target)
+                target = _map_path(args.attention_map, i, len(files))
+                attention_figure(res.image, res.words, res.attention, target,
+                                 name=Path(path).name)
+                written.append(target)
     if out:
         out.close()
+        print(f"wrote {args.json}")
+    if written:
+        many = f" ({written[0].name}, ...: one per image)" if len(written) > 1 else ""
+        print(f"wrote {len(written)} attention map(s){many}: "
+              + ", ".join(str(w) for w in written[:3]) + (", ..." if len(written) > 3 else ""))
     if failed:
         raise CaptionKitError(f"{failed} of {len(files)} image(s) could not be read")
+
+
+def _map_path(name: str, i: int, images: int) -> Path:
+    """``--attention-map`` itself for one image; NAME_0.png, NAME_1.png, ... for several."""
+    target = Path(name)
+    if target.suffix == "":
+        target = target.with_suffix(".png")
+    return target if images == 1 else target.with_name(f"{target.stem}_{i}{target.suffix}")
 
 
 def _load_captioner(args: argparse.Namespace):
@@ -154,7 +183,7 @@ def _load_captioner(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from captionkit.server import ServeConfig, create_app
+    from captionkit.server import ServeConfig, create_app, log_requests
 
     cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_batch=args.max_batch,
                       max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout,
@@ -162,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(_load_captioner(args), cfg, str(args.checkpoint))
     print(f"captionkit: serving {args.checkpoint} at http://{args.host}:{args.port}/ "
           f"(API reference at /docs)", flush=True)
+    log_requests()  # one line per request (uvicorn's own access log stays off)
     uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=5,
                 log_level="warning", access_log=False)
 
@@ -170,37 +200,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from captionkit.infer.export import export_onnx
 
     out = export_onnx(args.checkpoint, args.out, opset=args.opset)
-    print(f"wrote {out}: encoder.onnx, decoder_init.onnx, decoder_step.onnx "
+    print(f"wrote {out}: encoder.onnx, decoder_init.onnx, decoder_step.onnx, fp32 "
           f"(caption with: captionkit caption --runtime onnx --checkpoint {out} IMAGES)")
-
-
-def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="PyTorch checkpoint, or an ONNX export folder run by onnxruntime")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
-                   help="decoder arithmetic for --runtime torch")
-
-
-def _add_serving(sub) -> None:
-    s = sub.add_parser("serve", help="web page and REST API (FastAPI) over a checkpoint")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--max-batch", type=int, default=16, help="requests batched together")
-    s.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch")
-    s.add_argument("--max-upload-mb", type=float, default=10.0)
-    s.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds for a request body to arrive (slow clients get 408)")
-    s.add_argument("--answer-timeout", type=float, default=60.0,
-                   help="seconds for the model to answer (else 503)")
-    _runtime_args(s)
-    s.set_defaults(func=cmd_serve)
-    x = sub.add_parser("export", help="export encoder and decoder step to ONNX")
-    x.add_argument("--checkpoint", required=True)
-    x.add_argument("--format", choices=["onnx"], default="onnx")
-    x.add_argument("--out", required=True, help="folder for the .onnx files")
-    x.add_argument("--opset", type=int, default=17)
-    x.set_defaults(func=cmd_export)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -275,115 +276,15 @@ def cmd_list_attention(args: argparse.Namespace) -> None:
               f"{fast:<19}  {info.get('description', '')}")
 
 
-def _add_train(sub, encoders: str, decoders: str) -> None:
-    from captionkit.config import STAGES
+def cmd_list_presets(args: argparse.Namespace) -> None:
+    """The shipped presets (``--config NAME``) with their encoder, decoder and dataset."""
+    from captionkit.config import find_config, list_presets, load_config
+    from captionkit.models.decoders import attention_decoders
 
-    d = sub.add_parser("demo", help="train and score the built-in shapes dataset")
-    d.add_argument("--config", help="YAML preset (default: the shapes demo defaults)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
-    d.set_defaults(func=cmd_demo)
-    t = sub.add_parser("train", help="train a captioner from a config")
-    t.add_argument("--config", help="YAML preset in configs/")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override, e.g. --set train.lr=1e-3")
-    t.add_argument("--encoder", help="one of: " + encoders)
-    t.add_argument("--decoder", help="one of: " + decoders)
-    t.add_argument("--encoder-weights", help="local encoder weights file")
-    t.add_argument("--dataset", help="dataset reader name")
-    t.add_argument("--data-dir", help="dataset folder")
-    t.add_argument("--out", help="run folder")
-    t.add_argument("--stage", choices=STAGES, help="cross-entropy or self-critical")
-    t.add_argument("--init", help="checkpoint to start from (needed by --stage scst)")
-    t.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run exactly from its last resume point")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train)
-
-
-def _add_data(sub, encoders: str) -> None:
-    from captionkit.data.download import list_downloadable
-
-    x = sub.add_parser("extract-features", help="cache a frozen encoder's grid features")
-    x.add_argument("--config", help="YAML preset (its data and encoder sections are used)")
-    x.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
-    x.add_argument("--dataset", help="dataset reader name")
-    x.add_argument("--data-dir", help="dataset folder")
-    x.add_argument("--encoder", help="one of: " + encoders)
-    x.add_argument("--encoder-weights", help="local encoder weights file")
-    x.add_argument("--pretrained", action="store_true", help="use the encoder's ImageNet weights")
-    x.add_argument("--out", required=True, help="cache folder (resumed if partly written)")
-    x.add_argument("--batch-size", type=int, default=32)
-    x.add_argument("--workers", type=int, default=1, help="image-decoding processes")
-    x.add_argument("--quiet", action="store_true")
-    x.set_defaults(func=cmd_extract)
-    dl = sub.add_parser("download", help="download a public dataset (resumable, verified)")
-    dl.add_argument("name", choices=list_downloadable())
-    dl.add_argument("--to", required=True, help="destination folder")
-    dl.add_argument("--mirror", help="base URL of a mirror holding the same file names")
-    dl.add_argument("--quiet", action="store_true")
-    dl.set_defaults(func=cmd_download)
-
-
-def _add_inference(sub) -> None:
-    c = sub.add_parser("caption", help="caption images or folders of images")
-    c.add_argument("images", nargs="+")
-    c.add_argument("--checkpoint", required=True)
-    _decode_args(c, beam=1)
-    c.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    c.add_argument("--attention-map", help="write per-word attention maps to this PNG")
-    c.add_argument("--json", help="write one JSON line per image here")
-    _runtime_args(c)
-    c.set_defaults(func=cmd_caption)
-    e = sub.add_parser("evaluate", help="caption a dataset split and score it (COCO metrics)")
-    e.add_argument("--checkpoint", help="model to caption the split with")
-    e.add_argument("--results", help="or: score this COCO results JSON instead")
-    e.add_argument("--dataset", help="dataset reader name (default: the checkpoint's)")
-    e.add_argument("--data-dir", help="dataset folder (default: the checkpoint's)")
-    e.add_argument("--split", default="dev")
-    _decode_args(e, beam=3)
-    e.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                   help="decoder arithmetic (bf16 is faster where the hardware has it)")
-    e.add_argument("--batch-size", type=int, default=50)
-    e.add_argument("--feature-cache", help="read the encoder's features from this cache")
-    e.add_argument("--tokenizer", choices=["python", "java"], default="python",
-                   help="PTB tokenization: pure Python (default) or the original Java")
-    e.add_argument("--out", required=True, help="folder for results.json and metrics.json")
-    e.add_argument("--quiet", action="store_true")
-    e.set_defaults(func=cmd_evaluate)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from captionkit.models.decoders import list_decoders
-    from captionkit.models.encoders import list_encoders
-
-    p = argparse.ArgumentParser(prog="captionkit", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    encoders, decoders = ", ".join(list_encoders()), ", ".join(list_decoders())
-    _add_train(sub, encoders, decoders)
-    _add_data(sub, encoders)
-    _add_inference(sub)
-    _add_serving(sub)
-    sub.add_parser("list-encoders", help="registered encoders: output dim, grid, input size, "
-                   "weights").set_defaults(func=cmd_list_encoders)
-    sub.add_parser("list-decoders", help="registered decoders").set_defaults(
-        func=cmd_list_decoders)
-    sub.add_parser("list-attention", help="registered attention mechanisms "
-                   "(--set decoder.attention=NAME)").set_defaults(func=cmd_list_attention)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; captionkit's own errors print one line and return 2 (bugs still raise)."""
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except CaptionKitError as e:
-        print(f"captionkit: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"{'name':<30}  {'encoder':<18}  {'decoder':<22}  dataset")
+    for name in list_presets():
+        cfg = load_config(find_config(name))
+        dec = cfg.decoder.name
+        if dec in attention_decoders():  # the decoders that take a mechanism
+            dec = f"{dec}:{cfg.decoder.attention}"
+        print(f"{name:<30}  {cfg.encoder.name:<18}  {dec:<22}  {cfg.data.dataset}")
