@@ -6,14 +6,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from captionkit import cli
 from captionkit.cli import main
 from captionkit.data.shapes import read_shapes
 from captionkit.models.decoders import list_decoders
 from captionkit.models.encoders import encoder_info, list_encoders
+from captionkit.models.precision import bf16_native
 
 PRESET = str(Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml")
+# what the default precision ("auto") resolves to on this machine
+DEFAULT = "bf16" if bf16_native(torch.device("cpu")) else "fp32"
 
 
 def test_list_encoders_prints_an_aligned_table_of_metadata(capsys):
@@ -58,7 +62,7 @@ def test_caption_files_folder_json_and_attention_map(trained_checkpoint, shapes_
     assert code == 0 and png.is_file()
     row = json.loads(jsonl.read_text().splitlines()[0])
     assert row["image"] == img and len(row["alternatives"]) == 2
-    assert row["precision"] == "fp32" and row["score"] == round(row["score"], 4)
+    assert row["precision"] == DEFAULT and row["score"] == round(row["score"], 4)
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == [f"wrote {jsonl}", f"wrote 1 attention map(s): {png}"]
     folder = tmp_path / "imgs"
@@ -211,6 +215,6 @@ def test_evaluate_scores_the_captions_that_caption_gives(trained_checkpoint, sha
               for r in json.loads((tmp_path / "eval" / "results.json").read_text())}
     given = {Path(r["image"]).name: (r["caption"], r["precision"])
              for r in map(json.loads, jsonl.read_text().splitlines())}
-    assert {k: (v, "fp32") for k, v in scored.items()} == given and len(given) == len(dev)
+    assert {k: (v, DEFAULT) for k, v in scored.items()} == given and len(given) == len(dev)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["precision"] == "fp32" and metrics["decode"]["beam"] == 3
+    assert metrics["precision"] == DEFAULT and metrics["decode"]["beam"] == 3

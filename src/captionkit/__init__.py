@@ -17,9 +17,10 @@ _LAZY = {"BaseCaptioner": "captionkit.infer.captioner",
          "CaptionResult": "captionkit.infer.captioner"}
 
 
-def load(path, device: str = "cpu", precision: str = "fp32"):
+def load(path, device: str = "cpu", precision: str = "auto"):
     """Load a checkpoint folder into a :class:`captionkit.infer.captioner.Captioner` (``precision``:
-    ``fp32``, the default of every path, ``bf16`` or ``auto`` decoding)."""
+    ``auto``, the default of every path: bf16 where the hardware computes it natively, else
+    fp32; or ``fp32``/``bf16``)."""
     from captionkit.infer.captioner import load as _load
 
     return _load(path, device, precision)

@@ -76,7 +76,7 @@ class BaseCaptioner(ABC):
     def caption(self, image, beam_size: int = DEFAULT_BEAM,
                 max_len: int | None = None) -> CaptionResult:
         """Caption one image (a path or a PIL image): text plus per-word attention maps
-        (beam 3 and fp32 by default, as ``evaluate`` scores; ``beam_size=1`` is greedy)."""
+        (beam 3 and the default precision, as ``evaluate`` scores; ``beam_size=1`` is greedy)."""
         return self.caption_batch([image], beam_size, max_len)[0]
 
     def caption_batch(self, images: list, beam_size: int = DEFAULT_BEAM, max_len: int | None = None,
@@ -122,10 +122,10 @@ class Captioner(BaseCaptioner):
 
     def __init__(self, model, cfg: Config, vocab: Vocabulary, meta: dict, device: str = "cpu",
                  fast: bool = True, precision: str = DEFAULT_PRECISION) -> None:
-        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic, fp32 by
-        default (what ``evaluate`` scores and ONNX runs); ``bf16`` (or ``auto``: bf16 where
-        the hardware computes it natively) is about 5x faster beam search on such CPUs, with
-        the same captions for most images but not all."""
+        """``fast``: trace the encoder on CPU. ``precision``: decoder arithmetic, ``auto`` by
+        default as in ``evaluate``: bf16 where the hardware computes bf16 natively (about 5x
+        faster beam search on such CPUs; the same captions as fp32 for most images, not all),
+        else fp32. ``self.precision`` and every result say which."""
         device = torch.device(device)
         dtype = resolve_precision(precision, device)
         super().__init__(inference_decoder(model.decoder, dtype), vocab, cfg, meta,
