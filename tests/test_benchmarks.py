@@ -121,3 +121,41 @@ def test_threads_benchmark_times_three_settings_idle_and_busy():
     assert list(figures) == ["busy_default_vs_1thread", "busy_torch_default_vs_1thread",
                              "idle_default_vs_1thread"]
     assert all(float(v) > 0 for v in figures.values())
+
+
+def test_grid_size_benchmark_reports_each_size_grid_and_cache_bytes(tmp_path):
+    """Two tiny sizes of Lite0 and Lite2's native one on generated images: the table's grids and
+    regions, then images/s and cache bytes per image (N x D x 2, float16) for every row."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "grid_size.py"), "--rows", "lite0:64,96",
+           "efficientnet_lite2:260", "--images", "4", "--batch-size", "2", "--workers", "0",
+           "--data-dir", str(tmp_path / "none")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert "generated 500x375 JPEGs" in lines[0]
+    rows = [line for line in lines if line.startswith("| efficientnet_")]
+    assert [r.split(" | ")[1:4] for r in rows] == [["64", "2x2", "4"], ["96", "3x3", "9"],
+                                                   ["260", "9x9", "81"]]
+    figures = _figures(lines)
+    assert list(figures) == ["lite0_64_images_per_s", "lite0_96_images_per_s",
+                             "lite2_260_images_per_s", "lite0_64_cache_bytes_per_image",
+                             "lite0_96_cache_bytes_per_image", "lite2_260_cache_bytes_per_image"]
+    assert all(float(v) > 0 for v in figures.values())
+    assert [int(figures[f"{k}_cache_bytes_per_image"]) for k in ("lite0_64", "lite2_260")] == [
+        4 * 1280 * 2, 81 * 1280 * 2]
+
+
+def test_batch_caption_times_local_and_ray_on_the_same_files(random_checkpoint):
+    """Local and one Ray actor on 6 files: the same captions, the closing key=value lines."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_caption.py"), "--checkpoint",
+           str(random_checkpoint), "--images", "6", "--workers", "1", "--max-len", "4"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    rows = [line for line in lines if line.startswith(("local ", "ray, "))]
+    assert [r.split("  ")[0] for r in rows] == ["local", "ray, 1 actor"]
+    assert all(r.split()[-2:] == ["=", "local"] and " 6 " in r for r in rows)
+    figures = _figures(lines)
+    assert list(figures) == ["ray1_images_per_s", "local_images_per_s", "ray_images_per_s"]
+    assert all(float(v) > 0 for v in figures.values())
+    assert lines[-1] == f"ray_images_per_s={figures['ray1_images_per_s']}"

@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "captionkit"
 LAYERS = {  # first component after "captionkit" -> layer, lower is more basic
-    "config": 0, "errors": 0, "registry": 0, "progress": 0, "threads": 0,
+    "config": 0, "config_stages": 0, "errors": 0, "registry": 0, "progress": 0, "threads": 0,
     "data": 1,
     "models": 2,
     "metrics": 3, "checkpoint": 3,

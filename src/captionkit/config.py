@@ -41,6 +41,16 @@ SELECT_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")  # the vali
 HARD_DECODES = ("argmax", "expected")  # hard attention at test time
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# The sizes each built-in encoder takes (encoder.image_size): name -> (native size, stride). A
+# stride means any multiple of it in IMAGE_SIZES (grid = size / stride per side); None: the
+# native size only (shapes_cnn's learned positions fix its grid; Inception v3's unpadded
+# convolutions have no exact stride). models/encoders.py registers the same numbers in each
+# EncoderInfo (tests/models/test_encoders.py holds them equal); other encoders are checked there.
+ENCODER_SIZES = {"shapes_cnn": (96, None), "inceptionv3": (299, None), "resnet50": (224, 32),
+                 "resnet101": (224, 32), "densenet121": (224, 32),
+                 "efficientnet_lite0": (224, 32), "efficientnet_lite1": (240, 32),
+                 "efficientnet_lite2": (260, 32)}
+IMAGE_SIZES = (64, 1024)  # the smallest and largest encoder.image_size (2x2 to 32x32 at 32)
 
 # The presets: the repository's configs/ folder, which the package links to and the wheel carries.
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -82,9 +92,33 @@ class EncoderConfig:
     weights: str | None = None  # a local weights file (safetensors or state dict) instead
     trainable: bool = True  # False freezes the encoder...
     finetune_blocks: int = 0  # ...except its last N stages (trained at train.encoder_lr)
+    image_size: int | None = None  # square input side in px; None: the encoder's native size
 
     def __post_init__(self) -> None:
         _at_least("encoder", self, finetune_blocks=0)
+        if self.image_size is not None:  # an encoder not listed is checked when it is built
+            native, stride = ENCODER_SIZES.get(self.name, (self.image_size, None))
+            check_image_size(self.name, self.image_size, native, stride)
+
+
+def check_image_size(name: str, size: Any, native: int, stride: int | None) -> None:
+    """``size`` must be an image size encoder ``name`` takes: its ``native`` size, or (with a
+    ``stride``) a multiple of the stride within :data:`IMAGE_SIZES`; else a ConfigError that
+    names the valid choices."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ConfigError(f"encoder.image_size must be an int (pixels) or null, got {size!r}")
+    if size == native:
+        return
+    if stride is None:
+        raise ConfigError(f"encoder.image_size {size} does not fit {name}: it takes only its "
+                          f"native {native} px (leave encoder.image_size unset)")
+    low, high = (-(-IMAGE_SIZES[0] // stride) * stride, IMAGE_SIZES[1] // stride * stride)
+    if size % stride or not low <= size <= high:
+        near = sorted({max(low, min(high, (size + k * stride) // stride * stride))
+                       for k in (0, 1)})
+        raise ConfigError(f"encoder.image_size {size} does not fit {name}: choose its native "
+                          f"{native}, or a multiple of its stride {stride} from {low} to {high} "
+                          f"(e.g. {' or '.join(map(str, near))}); grid = size / {stride}")
 
 
 @dataclass(frozen=True)
@@ -144,6 +178,10 @@ class TrainConfig:
     hard_reinforce: float = 1.0  # hard attention: weight of the REINFORCE term (lambda_r)
     hard_entropy: float = 0.01  # hard attention: weight of the entropy bonus (lambda_e)
     hard_baseline_decay: float = 0.9  # hard attention: moving-average reward baseline
+    # A multi-stage recipe run in order by one `captionkit train` (see stage_configs): each
+    # entry needs `stage` and `epochs`, may set any other train field (plain keys) and
+    # `encoder.*` / `data.*` fields (dotted keys), and an optional `name` (its folder).
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _one_of("train", self, stage=STAGES, fast_path=FAST_PATHS, lr_schedule=LR_SCHEDULES,
@@ -162,6 +200,9 @@ class TrainConfig:
         _at_least("train", self, lr=0)  # 0 trains nothing, as older runs may have done
         if self.max_steps is not None:  # 0: stop before the first step (smoke tests)
             _at_least("train", self, max_steps=0)
+        from captionkit.config_stages import check_stage_entries
+
+        check_stage_entries(self.stages, [f.name for f in fields(TrainConfig)])
 
 
 @dataclass(frozen=True)
@@ -179,6 +220,10 @@ class Config:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, "
                                   f"got {type(getattr(self, name)).__name__}")
+        if self.train.stages:
+            from captionkit.config_stages import stage_configs
+
+            stage_configs(self)  # every stage's whole config validates now, before any work
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,8 @@ from captionkit.models.decoders import list_decoders
 from captionkit.models.encoders import list_encoders
 
 SMALL = {"inceptionv3": 75, "densenet121": 64, "resnet50": 64, "resnet101": 64,
-         "efficientnet_lite0": 64, "shapes_cnn": 96}
+         "efficientnet_lite0": 64, "efficientnet_lite1": 64, "efficientnet_lite2": 64,
+         "shapes_cnn": 96}
 
 
 @pytest.fixture(autouse=True)

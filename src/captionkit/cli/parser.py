@@ -85,7 +85,8 @@ def _add_train(sub, encoders: str, decoders: str) -> None:
     t.add_argument("--data-dir", metavar="DIR", help="dataset folder")
     t.add_argument("--out", metavar="RUN_DIR", help="run folder (must be new or empty)")
     t.add_argument("--stage", choices=STAGES, help="cross-entropy (xe) or self-critical (scst)")
-    t.add_argument("--init", metavar="CHECKPOINT", help="checkpoint to start from (scst)")
+    t.add_argument("--init", metavar="CHECKPOINT",
+                   help="checkpoint to start from (scst; an xe run continues from it)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run exactly from its last resume point")
     t.add_argument("--overwrite", action="store_true",
@@ -165,9 +166,10 @@ def _add_inference(sub) -> None:
                    "captionkit caption --checkpoint runs/f8k/best --beam 3 --json out.jsonl "
                    "--attention-map maps.png photos/")
     cap.add_argument("images", nargs="+", help="image files or folders")
-    cap.add_argument("--checkpoint", required=True, metavar="DIR",
+    cap.add_argument("--checkpoint", required=True, metavar="DIR", action="append",
                      help="checkpoint folder (or its model.safetensors, or a run folder: its "
-                     "best/)")
+                     "best/); repeat to caption with the ensemble of several (same vocabulary "
+                     "and encoder)")
     _decode_args(cap)
     cap.add_argument("--batch-size", type=positive_int, default=16,
                      help="images per forward pass")
@@ -180,9 +182,13 @@ def _add_inference(sub) -> None:
     e = _command(sub, "evaluate", "caption a dataset split and score it (COCO metrics)",
                  c.cmd_evaluate,
                  "captionkit evaluate --checkpoint runs/f8k/best --out runs/f8k/eval",
+                 "captionkit evaluate --checkpoint runs/a/best --checkpoint runs/b/best --out "
+                 "runs/ensemble",
                  "captionkit evaluate --results results.json --dataset flickr8k --data-dir "
                  "Flickr8k --out scores")
-    e.add_argument("--checkpoint", metavar="DIR", help="model to caption the split with")
+    e.add_argument("--checkpoint", metavar="DIR", action="append",
+                   help="model to caption the split with; repeat to evaluate the ensemble of "
+                   "several (same vocabulary and encoder)")
     e.add_argument("--results", metavar="JSON", help="or: score this COCO results JSON instead")
     e.add_argument("--dataset", help="dataset reader name (default: the checkpoint's)")
     e.add_argument("--data-dir", metavar="DIR", help="dataset folder (default: the checkpoint's)")
@@ -198,6 +204,47 @@ def _add_inference(sub) -> None:
                    help="folder for results.json and metrics.json")
     _threads(e)
     _quiet(e)
+
+
+def _add_batch(sub) -> None:
+    b = _command(sub, "caption-dataset",
+                 "caption a folder (or a list) of images into one Parquet or JSON-lines file, "
+                 "locally or on Ray Data",
+                 c.cmd_caption_dataset,
+                 "captionkit caption-dataset photos/ --checkpoint runs/f8k/best --out "
+                 "captions.parquet",
+                 "captionkit caption-dataset paths.txt --checkpoint runs/f8k/best --out "
+                 "captions.jsonl --resume",
+                 "captionkit caption-dataset /nfs/photos --checkpoint /nfs/ckpt --out "
+                 "captions.parquet --engine ray --address auto --workers 8 --gpus-per-worker 1")
+    b.add_argument("source", help="a folder (searched recursively for images) or a text file "
+                   "listing image paths, one a line")
+    b.add_argument("--checkpoint", required=True, metavar="DIR", action="append",
+                   help="checkpoint folder; repeat to caption with the ensemble of several")
+    b.add_argument("--out", required=True, metavar="FILE",
+                   help="output file, .parquet or .jsonl (rows: path, caption, score, "
+                   "alternatives, error)")
+    b.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: Ray Data (decoding in CPU tasks, "
+                   "captioning in a pool of actors); pip install 'captionkit[ray]'")
+    b.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join (auto, or HEAD:6379; default: start one here)")
+    b.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="Ray: captioning actors, each loading the model once")
+    b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="Ray: GPUs each actor reserves (0: caption on the CPU)")
+    b.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
+                   help="Ray: CPUs (and torch threads) each actor reserves")
+    b.add_argument("--batch-size", type=positive_int, default=16,
+                   help="images per forward pass")
+    _decode_args(b)
+    _precision(b)
+    b.add_argument("--resume", action="store_true",
+                   help="caption only the files not yet captioned in --out (or in an "
+                   "interrupted run's journal), then write the union")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _threads(b)
+    _quiet(b)
 
 
 def _add_serving(sub) -> None:
@@ -253,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub, encoders, decoders)
     _add_data(sub, encoders)
     _add_inference(sub)
+    _add_batch(sub)
     _add_serving(sub)
     _add_listings(sub)
     return p

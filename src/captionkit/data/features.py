@@ -2,7 +2,7 @@
 
 Layout of a cache folder::
 
-    index.json       key (encoder, weights fingerprint, preprocessing), shapes, image ids,
+    index.json       key (encoder, image size, weights fingerprint, preprocessing), shapes, ids,
                      failed images, SHA-256 of the feature file; written last, atomically
     features.f16     (num_images, N, D) float16, memory-mapped
     done.u8          one byte per image: 1 once its features are flushed (resume marker)
@@ -32,17 +32,22 @@ INDEX, FEATURES, DONE = "index.json", "features.f16", "done.u8"
 
 
 def encoder_key(encoder) -> dict:
-    """What makes features reusable: encoder name, a hash of its weights, preprocessing."""
+    """What makes features reusable: encoder name, input size (``encoder.image_size``, or the
+    native one), a hash of its weights, preprocessing, grid."""
     h = hashlib.sha256()
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return {"encoder": encoder.name, "weights_sha256": h.hexdigest(),
-            "preprocess": encoder.preprocess.to_dict(), "grid": list(encoder.grid),
-            "dim": encoder.out_dim, "dtype": "float16"}
+    return {"encoder": encoder.name, "image_size": encoder.preprocess.size,
+            "weights_sha256": h.hexdigest(), "preprocess": encoder.preprocess.to_dict(),
+            "grid": list(encoder.grid), "dim": encoder.out_dim, "dtype": "float16"}
 
 
 def _key_diff(want: dict, have: dict) -> list[str]:
+    """What differs between the key asked for and a cache's; a cache indexed before the key
+    had ``image_size`` was extracted at its preprocessing's size."""
+    legacy = {"image_size": (have.get("preprocess") or {}).get("size")}
+    have = {**legacy, **have}
     return [f"{k}: cache has {have.get(k)!r}, expected {want[k]!r}"
             for k in want if have.get(k) != want[k]]
 

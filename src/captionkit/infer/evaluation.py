@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from captionkit.checkpoint import load_checkpoint
 from captionkit.data import by_split, load_records
 from captionkit.data.dataset import ImageCaptionDataset, caption_dataset, usable_records
 from captionkit.data.features import FeatureStore, encoder_key
 from captionkit.data.vocab import Vocabulary
 from captionkit.errors import CaptionKitError, ConfigError
 from captionkit.infer.decoding import Hypothesis, beam_search, check_decoding
+from captionkit.infer.ensemble import checkpoint_paths, ensemble_record, load_model
 from captionkit.metrics import corpus_bleu_cider
 from captionkit.metrics.coco import ALL_METRICS, results_to_dict, score_captions
 from captionkit.models.captioner import CaptionModel
@@ -94,7 +94,8 @@ def split_dataset(model, cfg, vocab, split: str, feature_cache: str | None,
     return caption_dataset(kept, vocab, model.encoder.preprocess, store), [e.path for e in bad]
 
 
-def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
+def evaluate_checkpoint(checkpoint: str | Path | list[str | Path], *,
+                        dataset: str | None = None,
                         data_dir: str | None = None, split: str = "dev",
                         settings: DecodeSettings = DecodeSettings(),
                         feature_cache: str | None = None, out: str | Path | None = None,
@@ -103,10 +104,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
     """Caption every image of ``split`` with the checkpoint and score the captions.
 
     Writes ``results.json`` (COCO results format: ``[{"image_id", "caption"}]``) and
-    ``metrics.json`` into ``out`` when given; returns the metrics record.
+    ``metrics.json`` into ``out`` when given; returns the metrics record. A list of several
+    checkpoints is evaluated as their ensemble (:mod:`captionkit.infer.ensemble`; the record's
+    ``ensemble`` lists the members); a list of one is that checkpoint.
     """
     t0 = time.perf_counter()
-    model, cfg, vocab, meta = load_checkpoint(checkpoint, device)
+    if len(paths := checkpoint_paths(checkpoint)) == 1:
+        checkpoint = paths[0]
+    model, cfg, vocab, meta = load_model(checkpoint, device, feature_cache)
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset,
                    root=data_dir or cfg.data.root, feature_cache=feature_cache)
     cfg = replace(cfg, data=data)
@@ -133,6 +138,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None,
               "checkpoint_epoch": meta.get("epoch"), "left_out": len(left_out),
               "empty_captions": sum(not r["caption"] for r in results),
               **scores.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+    record.update(ensemble_record(meta))  # several checkpoints: the members
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

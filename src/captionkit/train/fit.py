@@ -91,7 +91,8 @@ def check_names(cfg: Config) -> None:
 
 
 def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionModel, Vocabulary]:
-    """Model and vocabulary of ``cfg.train.init``; its architecture must be the config's."""
+    """Model and vocabulary of ``cfg.train.init``; its architecture must be the config's, and
+    which encoder stages train is this config's (``encoder.trainable``/``finetune_blocks``)."""
     if not cfg.train.init:
         raise CaptionKitError(f"train.stage={cfg.train.stage} starts from a trained model: "
                               "set train.init=CHECKPOINT (e.g. --init runs/xe/best)")
@@ -108,6 +109,7 @@ def init_from_checkpoint(cfg: Config, device: torch.device) -> tuple[CaptionMode
     for m in model.modules():  # dropout is a training choice, not part of the architecture
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.decoder.dropout
+    model.encoder.set_training(cfg.encoder.trainable, cfg.encoder.finetune_blocks)  # this run's
     return model, vocab
 
 
@@ -131,7 +133,13 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False,
 
     A run folder that already holds a run is refused unless ``resume`` or ``overwrite``
     (which removes the old run's files first); nothing is written into it before the config,
-    the device and the data have been checked."""
+    the device and the data have been checked. A config with ``train.stages`` runs that
+    recipe (:func:`captionkit.train.recipe.fit_stages`); an ``xe`` stage with ``train.init``
+    starts from that checkpoint (e.g. to fine-tune its encoder)."""
+    if cfg.train.stages:
+        from captionkit.train.recipe import fit_stages
+
+        return fit_stages(cfg, progress, resume, overwrite)
     check_names(cfg)
     resolve_device(cfg.train.device)  # no CUDA device: one line now, not a traceback later
     cfg = cfg.absolute_paths()  # the run folder's config and checkpoints work from anywhere
@@ -142,7 +150,7 @@ def fit(cfg: Config, progress: bool = True, resume: bool = False,
     torch.manual_seed(cfg.train.seed)
     train_recs, dev_recs, vocab, bad = prepare_data(cfg, progress)
     d, device = setup(cfg.train.device)
-    if cfg.train.stage == "xe":
+    if cfg.train.stage == "xe" and not cfg.train.init:
         model = build_model(cfg, len(vocab)).to(device)
     else:
         model, vocab = init_from_checkpoint(cfg, device)
