@@ -103,8 +103,9 @@ def prepare_output(out: str | Path, resume: bool, overwrite: bool) -> set[str]:
         what = "holds an interrupted run" if found == [journal] else "exists"
         raise CaptionKitError(f"{found[0]} {what}: pass --resume to caption only the files "
                               "not yet in it, or --overwrite to start again")
-    if not out.parent.is_dir():
-        raise CaptionKitError(f"{out.parent}: no such folder for the output")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CaptionKitError(f"{out.parent} is a file: --out needs a folder to write into")
+    out.parent.mkdir(parents=True, exist_ok=True)  # like every run folder, made when missing
     return {r["path"] for p in found for r in read_rows(p) if r.get("caption") is not None}
 
 
