@@ -19,6 +19,7 @@ from captionkit.errors import ConfigError
 
 STAGE_REQUIRED = ("stage", "epochs")  # what every entry of train.stages must say
 STAGE_SECTIONS = ("encoder", "data")  # sections a stage may override besides train
+STAGE_KEYS = ("decoder.dropout",)  # and the one decoder field that is a training choice
 _STAGE_FIXED = ("stages", "out_dir", "init")  # set by the recipe, not by a stage
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -43,13 +44,13 @@ def check_stage_entries(stages: Any, train_fields: list[str]) -> None:
             if key == "name" or (not section and name in train_fields
                                  and name not in _STAGE_FIXED):
                 continue
-            if section in STAGE_SECTIONS:
+            if section in STAGE_SECTIONS or key in STAGE_KEYS:
                 continue
             fixed = (f" ({key} is set by the recipe)" if key in _STAGE_FIXED
                      else "" if section else hint("train", name))
             raise ConfigError(f"{where}: unknown key {key!r}{fixed}; a stage sets train "
                               f"fields by name, {', '.join(s + '.*' for s in STAGE_SECTIONS)} "
-                              "fields dotted, and name")
+                              f"fields and {', '.join(STAGE_KEYS)} dotted, and name")
         name = stage_name(i, entry)
         if not isinstance(name, str) or not _STAGE_NAME.fullmatch(name) or name in names:
             raise ConfigError(f"{where}: name {name!r} must be unique and folder-safe "

@@ -14,7 +14,8 @@ from captionkit.train.fit import fit
 from captionkit.train.recipe import finished_stages
 
 RECIPE = ("train.stages=[{stage: xe, epochs: 2, lr: 0.003}, "
-          "{name: polish, stage: xe, epochs: 1, lr: 0.0003, encoder.finetune_blocks: 1}]")
+          "{name: polish, stage: xe, epochs: 1, lr: 0.0003, encoder.finetune_blocks: 1, "
+          "decoder.dropout: 0.0}]")
 
 
 def _recipe(tiny_config, *extra):
@@ -29,6 +30,7 @@ def test_stage_configs_chain_folders_and_checkpoints(tiny_config):
     assert c2.train.init == f"{cfg.train.out_dir}/1-xe/best"
     assert (c1.train.lr, c2.train.lr, c2.train.epochs) == (0.003, 0.0003, 1)
     assert (c1.encoder.finetune_blocks, c2.encoder.finetune_blocks) == (0, 1)
+    assert (c1.decoder.dropout, c2.decoder.dropout) == (cfg.decoder.dropout, 0.0)
     assert c1.train.stages == [] and c1.train.max_steps == 4  # the rest is the recipe's own
     assert Config.from_dict(cfg.to_dict()) == cfg  # the recipe round-trips through YAML/JSON
 
