@@ -13,14 +13,6 @@ SMALL = {"inceptionv3": 75, "densenet121": 64, "resnet50": 64, "resnet101": 64,
          "shapes_cnn": 96}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("decoder", list_decoders())
 @pytest.mark.parametrize("encoder", list_encoders())
 def test_encoder_decoder_pair_trains(encoder, decoder):

@@ -37,15 +37,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU batches: one thread is as fast and immune to oversubscribed OpenMP stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_list_encoders():
     assert list_encoders() == sorted(
         ["densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",

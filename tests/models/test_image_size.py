@@ -23,14 +23,6 @@ RESIZABLE = sorted(n for n, (_, stride) in ENCODER_SIZES.items() if stride)
 FIXED = sorted(n for n, (_, stride) in ENCODER_SIZES.items() if not stride)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _lite0(size: int | None, **kw) -> EncoderConfig:
     return EncoderConfig(name="efficientnet_lite0", image_size=size, **kw)
 
