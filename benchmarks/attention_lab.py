@@ -21,18 +21,23 @@ best dev checkpoint scored by :func:`evaluate_checkpoint` with beam 3 (BLEU-4, M
 CIDEr-D), and for mechanisms with a visual sentinel the per-word visual weight 1 - beta
 ("Knowing when to look", Lu et al. 2017) over the dev captions.
 
-Each finished (bench, row) is kept in ``OUT/<bench>/<decoder>_<attention>/lab_row.json``, in
+Each finished (bench, row, budget) is kept in
+``OUT/<bench>/<decoder>_<attention>_e<epochs>/lab_row.json``, in
 the row's run folder (``best/``, ``last/``, ``metrics.jsonl``), and reused unless ``--rerun``;
 an interrupted row is trained again from the start. The report always covers every row JSON
 under ``OUT``, of both benches, whatever this call trained: one Markdown table on stdout, ``--doc`` (default ``docs/attention_lab.md``) with the table,
 the attention-map figure ``<doc>.png`` (one row per mechanism on one photo) and the beta
 figure ``<doc>_beta.png``, all from the measured JSON. Ends with ``best_mechanism=``,
-``best_cider_d=``, ``additive_cider_d=`` (Flickr8k dev, beam 3) and
-``shapes_min_soft_hit_rate=`` / ``shapes_min_soft_hit_rate_looked=`` (every mechanism but
-``hard``; the second weighs each word by 1 - beta) lines; ``n/a`` when not measured.
+``best_cider_d=``, ``additive_cider_d=`` (Flickr8k dev, beam 3), then the lowest shapes hit
+rate over the soft mechanisms (every one but ``hard``) of each decoder at each budget
+(``shapes_min_soft_hit_rate_<decoder>_e<epochs>=`` and ``..._looked_...``, which weighs each
+word by 1 - beta), and the headline ``shapes_budget_epochs=``, ``shapes_min_soft_hit_rate=``,
+``shapes_min_soft_hit_rate_looked=``: the lstm decoder at the largest budget with every soft
+mechanism measured; ``n/a`` when not measured.
 ``--rescore`` scores kept shapes rows' checkpoints again without training.
 
-The report (table, figures, doc, closing lines) is :mod:`lab_report`'s. Measures: ``params`` are the decoder's (attention included; not the encoder). ``train s`` is
+The report (table, doc, closing lines) is :mod:`lab_report`'s, the attention-map figures
+:mod:`lab_figures`'. Measures: ``params`` are the decoder's (attention included; not the encoder). ``train s`` is
 ``fit``'s wall clock: data, vocabulary, model, every epoch's training *and* its dev validation
 (greedy captions of the dev split, BLEU/CIDEr-D) and checkpoint writes. ``train captions/s``
 is training captions x epochs trained / train s, so it includes the validation too.
@@ -59,6 +64,7 @@ from captionkit.config import Config, load_config
 from captionkit.data import by_split, load_records
 from captionkit.data.features import extract_features
 from captionkit.data.images import load_image
+from captionkit.data.shapes import WHERE, word_outcomes
 from captionkit.demo import score_shapes
 from captionkit.errors import CaptionKitError
 from captionkit.infer.captioner import BaseCaptioner, Captioner
@@ -67,6 +73,7 @@ from captionkit.models.attention import ATTENTIONS
 from captionkit.models.decoders import DECODERS, check_decoder_config
 from captionkit.models.encoders import build_encoder
 from captionkit.train.fit import fit
+from lab_figures import draw_attention_figures
 from lab_report import (
     BEAM,
     BENCHES,
@@ -76,7 +83,6 @@ from lab_report import (
     ROW_FILE,
     SHAPES_METRICS,
     UPDOWN_ROWS,
-    draw_attention_figures,
     key_values,
     load_rows,
     results_table,
@@ -151,9 +157,10 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
-def row_config(args, bench: str, dec: str, att: str, run_dir: Path) -> tuple[Config, list]:
+def row_config(args, bench: str, dec: str, att: str) -> tuple[Config, list, Path]:
     """The row's config (the bench's preset plus overrides; the row's decoder pair and run
-    folder win) and the overrides that define the measurement (run folder excluded)."""
+    folder win), the overrides that define the measurement (run folder excluded) and the run
+    folder, ``OUT/<bench>/<decoder>_<attention>_e<epochs>``: one per budget."""
     if bench == "shapes":
         preset, base = None, []
         base += [f"train.epochs={args.shapes_epochs}"] if args.shapes_epochs else []
@@ -163,9 +170,10 @@ def row_config(args, bench: str, dec: str, att: str, run_dir: Path) -> tuple[Con
         base = [f"data.root={args.data_dir}", f"data.feature_cache={args.cache}",
                 f"train.epochs={args.epochs}"]
     settings = [*base, *args.set, f"decoder.name={dec}", f"decoder.attention={att}"]
-    cfg = load_config(preset, [*settings, f"train.out_dir={run_dir}"])
+    cfg = load_config(preset, settings)
     check_decoder_config(cfg.decoder)  # an unsupported pair fails here, before any work
-    return cfg, settings
+    run_dir = Path(args.out) / bench / f"{dec}_{att}_e{cfg.train.epochs}"
+    return replace(cfg, train=replace(cfg.train, out_dir=str(run_dir))), settings, run_dir
 
 
 class FeatureCaptioner(BaseCaptioner):
@@ -247,14 +255,32 @@ def shapes_metrics(metrics: dict) -> dict:
     return {k: round(metrics[k], 4) for k in SHAPES_METRICS}
 
 
+def shapes_word_outcomes(results: list, grid: tuple[int, int]) -> dict:
+    """Where the colour and shape words of ``score_shapes``' (record, result) pairs looked:
+    per kind, the count of each outcome of :func:`word_outcomes` and the mean sum of the
+    words' maps (1 - beta for a sentinel)."""
+    table = {kind: {**dict.fromkeys(WHERE, 0), "mean_looked": 0.0}
+             for kind in ("colour", "shape")}
+    for rec, res in results:
+        flat = res.attention.reshape(len(res.words), -1)  # (T, N)
+        for kind, where, looked in word_outcomes(res.text, flat, grid, rec.meta["objects"]):
+            table[kind][where] += 1
+            table[kind]["mean_looked"] += looked
+    for counts in table.values():
+        n = sum(counts[w] for w in WHERE)
+        counts["mean_looked"] = round(counts["mean_looked"] / n, 4) if n else 0.0
+    return table
+
+
 def rescore_shapes_row(path: Path) -> None:
     """Score a kept shapes row's checkpoint again (the shapes metrics only; its training and
     timing fields stay as measured)."""
     row = json.loads(path.read_text())
     captioner = Captioner.from_checkpoint(row["checkpoint"], precision="fp32")
     test = by_split(load_records(captioner.cfg.data), "test")
-    metrics, _ = score_shapes(captioner, test)
+    metrics, results = score_shapes(captioner, test)
     row["metrics"] = shapes_metrics(metrics)
+    row["word_outcomes"] = shapes_word_outcomes(results, captioner.grid)
     row["rescored"] = time.strftime("%Y-%m-%d %H:%M")
     path.write_text(json.dumps(row, indent=1))
     print(f"shapes {row['decoder']}:{row['attention']}: rescored {path}: {row['metrics']}")
@@ -266,11 +292,12 @@ def run_shapes_row(cfg: Config, args) -> dict:
     result = fit(cfg, progress=False, overwrite=True)
     captioner = Captioner.from_checkpoint(result.best_checkpoint, precision="fp32")
     test = by_split(load_records(cfg.data), "test")
-    metrics, _ = score_shapes(captioner, test)
+    metrics, results = score_shapes(captioner, test)
     fc = FeatureCaptioner(captioner.model, captioner.cfg, captioner.vocab, captioner.meta)
     rate, _, seconds = time_decoding(fc, shapes_features(captioner, test),
                                      cfg.train.eval_max_len, args.repeats)
     return {"metrics": shapes_metrics(metrics),
+            "word_outcomes": shapes_word_outcomes(results, captioner.grid),
             "attention_words": metrics["attention_words"], "unavailable": {},
             "split": "test", "images": len(test), "metric_decode": "greedy (beam 1)",
             **training_record(cfg, result, captioner.model, captioner.vocab, None),
@@ -314,13 +341,12 @@ def run_flickr8k_row(cfg: Config, args, run_dir: Path) -> dict:
 
 def run_row(args, bench: str, dec: str, att: str) -> None:
     """Measure one (bench, row) into its lab_row.json, or reuse the one kept there."""
-    run_dir = Path(args.out) / bench / f"{dec}_{att}"
-    path = run_dir / ROW_FILE
     try:
-        cfg, settings = row_config(args, bench, dec, att, run_dir)
+        cfg, settings, run_dir = row_config(args, bench, dec, att)
     except CaptionKitError as e:
         print(f"note: skipping {bench} {dec}:{att}: {e}")
         return
+    path = run_dir / ROW_FILE
     if path.is_file() and args.rescore and bench == "shapes":
         rescore_shapes_row(path)
         return

@@ -1,20 +1,13 @@
-"""The attention lab's report: the table, the attention-map and beta figures, the doc and
-the closing ``key=value`` lines, all from the rows' JSON (``lab_row.json``) that
-``benchmarks/attention_lab.py`` measures. Used by that script; not run on its own."""
+"""The attention lab's report: the table, the beta figure, the doc and the closing
+``key=value`` lines, all from the rows' JSON (``lab_row.json``) that
+``benchmarks/attention_lab.py`` measures (the attention-map figures: :mod:`lab_figures`).
+Used by that script; not run on its own."""
 
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
-
-from captionkit.checkpoint import read_meta
-from captionkit.config import Config, load_config
-from captionkit.data import by_split, load_records
-from captionkit.data.images import load_image
-from captionkit.infer.captioner import Captioner
-from captionkit.infer.viz import upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "photos"
@@ -54,7 +47,8 @@ def load_rows(out: str) -> list[dict]:
     for bench in BENCHES:
         for path in sorted((Path(out) / bench).glob(f"*/{ROW_FILE}")):
             rows.append({**json.loads(path.read_text()), "dir": str(path.parent)})
-    return sorted(rows, key=lambda r: (BENCHES.index(r["bench"]), r["decoder"] != "lstm",
+    return sorted(rows, key=lambda r: (BENCHES.index(r["bench"]), r["epochs_config"],
+                                       r["decoder"] != "lstm",
                                        r["decoder"], r["attention"] != "additive",
                                        r["attention"]))
 
@@ -85,126 +79,6 @@ def results_table(rows: list[dict]) -> str:
                  f"{r['train_captions_per_s']:.0f}", f"{r['beam3_images_per_s']:.1f}", epochs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def default_photo(args, rows: list[dict]) -> Path | None:
-    """--photo, else the first jpg of ../shared/photos, else the first Flickr8k dev image."""
-    if args.photo:
-        return Path(args.photo)
-    photos = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
-    if photos:
-        return photos[0]
-    for r in rows:
-        if r.get("data_dir"):
-            cfg = load_config(args.config, [f"data.root={r['data_dir']}"])
-            dev = by_split(load_records(cfg.data, generate=False), "dev")
-            if dev:
-                return Path(dev[0].image)
-    return None
-
-
-def figure_entries(rows: list[dict], image) -> list[tuple]:
-    """(label, image, result, visual weights) for each row's best checkpoint captioning
-    ``image`` (a path or, for shapes, a PIL image) with beam 3, fp32."""
-    entries = []
-    for r in rows:
-        ckpt = Path(r["dir"]) / "best"
-        if not ckpt.is_dir():
-            print(f"note: {r['bench']} {label(r)}: no checkpoint at {ckpt}, not in the figure")
-            continue
-        captioner = Captioner.from_checkpoint(ckpt, precision="fp32")
-        res = captioner.caption(image, beam_size=BEAM)
-        entries.append((label(r), res.image, res, visual_weights(res, r["attention"])))
-    return entries
-
-
-def attention_rows_figure(entries: list[tuple], path: Path, title: str) -> Path:
-    """One row per mechanism: the image with its label and caption, then one panel per word
-    with that word's attention map (min-max scaled per word) overlaid; full-colour PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 1 + max(len(res.words) for _, _, res, _ in entries)
-    fig, axes = plt.subplots(len(entries), cols, figsize=(2.8 * cols, 3.8 * len(entries)),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for row, (name, image, res, visual) in enumerate(entries):
-        img = image.convert("RGB")
-        img.thumbnail((256, 256))
-        ax = axes[row, 0]
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        ax.imshow(img)
-        ax.set_title(name, fontsize=12, fontweight="bold")
-        ax.set_xlabel("\n".join(textwrap.wrap(res.text, 32, max_lines=3, placeholder=" ...")),
-                      fontsize=9)
-        for i, word in enumerate(res.words):
-            ax = axes[row, i + 1]
-            ax.imshow(img)
-            ax.imshow(upsample(res.attention[i], img.size), cmap="inferno", alpha=0.55,
-                      vmin=0, vmax=1)
-            ax.set_title(word if visual is None else f"{word}\n1-\u03b2 {visual[i]:.2f}",
-                         fontsize=11)
-    fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, format="png")
-    plt.close(fig)
-    return path
-
-
-def draw_attention_figures(args, rows: list[dict], doc: Path) -> list[tuple[Path, str]]:
-    """The maps figure of the flickr8k rows on the photo (``<doc>.png``) and of the shapes
-    rows on a shapes test image (``<doc>.png`` too when there are no flickr8k rows, else
-    ``<doc>_shapes.png``): (path, caption) of each figure drawn."""
-    figures = []
-    flickr = [r for r in rows if r["bench"] == "flickr8k"]
-    shapes = [r for r in rows if r["bench"] == "shapes"]
-    photo = default_photo(args, flickr) if flickr else None
-    what = f"Flickr8k models (best dev checkpoint of each row, beam {BEAM}) on `{{}}`"
-    if flickr and kept_figure(flickr, doc.with_suffix(".png")):
-        figures.append((doc.with_suffix(".png"), what.split(" on ")[0] + ", drawn earlier"))
-    elif flickr and photo is not None and (entries := figure_entries(flickr, photo)):
-        figures.append((attention_rows_figure(entries, doc.with_suffix(".png"), photo.name),
-                        what.format(photo.name)))
-    path = doc.with_name(doc.stem + ("_shapes.png" if flickr else ".png"))
-    what = f"shapes models (best checkpoint, beam {BEAM}) on test image `{{}}`"
-    test = shapes_test_image(shapes)
-    if shapes and kept_figure(shapes, path):
-        figures.append((path, what.split(" on ")[0] + ", drawn earlier"))
-    elif test is not None and (entries := figure_entries(shapes, load_image(test.image))):
-        figures.append((attention_rows_figure(entries, path, test.image_id),
-                        what.format(test.image_id)))
-    return figures
-
-
-def kept_figure(rows: list[dict], path: Path) -> bool:
-    """Whether a figure drawn earlier stays as it is: some rows' checkpoints are gone now (a
-    new checkout keeps the row JSON, not the runs), so redrawing would drop their rows."""
-    missing = [label(r) for r in rows if not (Path(r["dir"]) / "best").is_dir()]
-    if missing and path.is_file():
-        print(f"note: {path} kept as drawn earlier: no checkpoint now for "
-              f"{', '.join(missing)}")
-        return True
-    return False
-
-
-def shapes_test_image(rows: list[dict]):
-    """The first test record of the shapes data the rows were trained on (from a kept
-    checkpoint's config), or None."""
-    for r in rows:
-        ckpt = Path(r["dir"]) / "best"
-        if ckpt.is_dir():
-            data = Config.from_dict(read_meta(ckpt)["config"]).data
-            test = by_split(load_records(data, generate=False), "test")
-            return test[0] if test else None
-    return None
 
 
 def beta_summary(beta: dict, top: int = 10) -> dict:
@@ -356,6 +230,30 @@ def setup_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def outcome_section(rows: list[dict]) -> list[str]:
+    """Where each shapes row's colour and shape words looked (rows scored with
+    ``word_outcomes``): the share of each outcome and the words' mean visual weight."""
+    mine = [r for r in rows if r["bench"] == "shapes" and r.get("word_outcomes")]
+    if not mine:
+        return []
+    where = ("named", "other object", "background", "no object")
+    lines = ["## Where colour and shape words look (shapes)", "",
+             "Per generated colour/shape word of the test captions, where its most-attended "
+             "cell lies: in the object its phrase names (`named`, a hit), in another object, "
+             "on the background, or `no object`: the phrase names no object in the image (a "
+             "caption error; the map is not judged). `looked`: the mean sum of the words' "
+             "maps (1 - β for a sentinel). Shares of each kind's words.", "",
+             "| row | epochs | kind | " + " | ".join(where) + " | looked |",
+             "|" + "---|" * (len(where) + 4)]
+    for r in mine:
+        for kind, counts in r["word_outcomes"].items():
+            n = sum(counts[w] for w in where) or 1
+            lines.append(f"| {label(r)} | {r['epochs_config']} | {kind} | "
+                         + " | ".join(f"{counts[w] / n:.3f}" for w in where)
+                         + f" | {counts['mean_looked']:.3f} |")
+    return [*lines, ""]
+
+
 def measure_lines() -> list[str]:
     return [
         "How each column is measured:", "",
@@ -406,9 +304,11 @@ def write_doc(args, rows: list[dict], table: str, figures: list, doc: Path) -> N
              f"`{args.out}`; every number here comes from those measurements.", "",
              "Each row is a decoder with an attention mechanism (`decoder.name`, "
              "`decoder.attention`); within a bench every row has the same preset, data, "
-             "vocabulary, seed, batch size, schedule and number of epochs: the budget is the "
-             "epochs, not the parameters or the wall clock.", "", *setup_lines(rows), "",
-             "## Results", "", table, "", *measure_lines(), *speed_section(args.out),
+             "vocabulary, seed, batch size and schedule, and rows are compared at the same "
+             "number of epochs (the table groups them by it): the budget is the epochs, not "
+             "the parameters or the wall clock.", "", *setup_lines(rows), "",
+             "## Results", "", table, "", *measure_lines(), *outcome_section(rows),
+             *speed_section(args.out),
              "## Attention maps", ""]
     for path, what in figures:
         lines += [f"{what}: one row per mechanism, its caption under the image, then every "
@@ -439,13 +339,32 @@ def key_values(rows: list[dict]) -> list[str]:
     else:
         out += ["# no flickr8k rows measured", "best_mechanism=n/a", "best_cider_d=n/a",
                 "additive_cider_d=n/a"]
-    soft = [r["metrics"]["attention_hit_rate"] for r in rows
-            if r["bench"] == "shapes" and r["attention"] != "hard"]
-    out.append(f"shapes_min_soft_hit_rate={min(soft):.4f}" if soft
-               else "shapes_min_soft_hit_rate=n/a")
-    looked = [r["metrics"].get("attention_hit_rate_looked") for r in rows
-              if r["bench"] == "shapes" and r["attention"] != "hard"]
-    looked = [v for v in looked if v is not None]
-    out.append(f"shapes_min_soft_hit_rate_looked={min(looked):.4f}" if looked
-               else "shapes_min_soft_hit_rate_looked=n/a")
+    return out + shapes_key_values(rows)
+
+
+def shapes_key_values(rows: list[dict]) -> list[str]:
+    """The shapes hit-rate lines: the lowest hit rate (strict, and weighted by 1 - beta) over
+    the soft mechanisms (all but ``hard``) of each decoder at each budget
+    (``..._<decoder>_e<epochs>=``), then the headline lines for the lstm decoder at the
+    largest budget that has every soft mechanism measured for it at any budget."""
+    soft = [r for r in rows if r["bench"] == "shapes" and r["attention"] != "hard"]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in soft:
+        groups.setdefault((r["decoder"], r["epochs_config"]), []).append(r)
+    out = []
+    for (dec, epochs), mine in sorted(groups.items()):
+        out += [f"shapes_min_soft_hit_rate{suffix}_{dec}_e{epochs}="
+                f"{min(r['metrics'].get(key, 0.0) for r in mine):.4f}"
+                for suffix, key in (("", "attention_hit_rate"),
+                                    ("_looked", "attention_hit_rate_looked"))]
+    every = {r["attention"] for r in soft if r["decoder"] == "lstm"}
+    full = [e for (dec, e), mine in groups.items()
+            if dec == "lstm" and {r["attention"] for r in mine} == every]
+    if not full:
+        return [*out, "shapes_budget_epochs=n/a", "shapes_min_soft_hit_rate=n/a",
+                "shapes_min_soft_hit_rate_looked=n/a"]
+    budget = max(full)
+    head = [line.replace(f"_lstm_e{budget}=", "=") for line in out
+            if f"_lstm_e{budget}=" in line]
+    return [*out, f"shapes_budget_epochs={budget}", *head]
     return out

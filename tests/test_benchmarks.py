@@ -72,18 +72,27 @@ def test_attention_lab_measures_rows_reuses_them_and_writes_the_report(tmp_path)
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
-    assert [line.split("=")[0] for line in lines[-5:]] == [
-        "best_mechanism", "best_cider_d", "additive_cider_d", "shapes_min_soft_hit_rate",
-        "shapes_min_soft_hit_rate_looked"]
-    assert lines[-5] == "best_mechanism=n/a"  # no Flickr8k rows
-    assert all(0 <= float(line.split("=")[1]) <= 1 for line in lines[-2:])
+    assert [line.split("=")[0] for line in lines[-10:]] == [
+        "best_mechanism", "best_cider_d", "additive_cider_d",
+        "shapes_min_soft_hit_rate_lstm_e1", "shapes_min_soft_hit_rate_looked_lstm_e1",
+        "shapes_min_soft_hit_rate_updown_e1", "shapes_min_soft_hit_rate_looked_updown_e1",
+        "shapes_budget_epochs", "shapes_min_soft_hit_rate", "shapes_min_soft_hit_rate_looked"]
+    assert lines[-10] == "best_mechanism=n/a"  # no Flickr8k rows
+    assert lines[-3] == "shapes_budget_epochs=1"
+    assert lines[-2].split("=")[1] == lines[-7].split("=")[1]  # the headline is lstm's
+    assert all(0 <= float(line.split("=")[1]) <= 1 for line in lines[-7:-3] + lines[-2:])
     rows = sorted(p.parent.name for p in out.glob("shapes/*/lab_row.json"))
-    assert rows == ["lstm_additive", "updown_adaptive"]
+    assert rows == ["lstm_additive_e1", "updown_adaptive_e1"]  # one folder per budget
     text = doc.read_text()
     assert "| shapes | updown | adaptive |" in text and (doc.with_suffix(".png")).is_file()
+    assert "## Where colour and shape words look (shapes)" in text
+    measured = json.loads((out / "shapes" / "lstm_additive_e1" / "lab_row.json").read_text())
+    outcomes = measured["word_outcomes"]  # every colour/shape word has one outcome
+    assert sum(n for counts in outcomes.values() for k, n in counts.items()
+               if k != "mean_looked") == measured["attention_words"]
     again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert again.returncode == 0 and again.stdout.count("reused") == 2
-    kept = out / "shapes" / "updown_adaptive" / "lab_row.json"
+    kept = out / "shapes" / "updown_adaptive_e1" / "lab_row.json"
     before = json.loads(kept.read_text())
     rescore = subprocess.run([*cmd, "--rescore"], capture_output=True, text=True, env=_env(),
                              timeout=300)
@@ -159,3 +168,37 @@ def test_batch_caption_times_local_and_ray_on_the_same_files(random_checkpoint):
     assert list(figures) == ["ray1_images_per_s", "local_images_per_s", "ray_images_per_s"]
     assert all(float(v) > 0 for v in figures.values())
     assert lines[-1] == f"ray_images_per_s={figures['ray1_images_per_s']}"
+
+
+def test_lab_shapes_headline_is_lstm_at_the_largest_budget_with_every_soft_mechanism():
+    """Rows at two budgets: each (decoder, budget) gets its own min lines; the headline takes
+    lstm's largest budget that has every soft mechanism, not one with a row missing; hard
+    attention never counts."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from lab_report import shapes_key_values
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(dec, att, epochs, hit, looked):
+        return {"bench": "shapes", "decoder": dec, "attention": att, "epochs_config": epochs,
+                "metrics": {"attention_hit_rate": hit, "attention_hit_rate_looked": looked}}
+
+    rows = [row("lstm", "additive", 8, 0.9, 0.9), row("lstm", "adaptive", 8, 0.4, 0.78),
+            row("lstm", "hard", 8, 0.1, 0.1), row("lstm", "additive", 16, 0.95, 0.95),
+            row("lstm", "adaptive", 16, 0.44, 0.87), row("gru", "general", 8, 0.28, 0.28),
+            row("lstm", "additive", 32, 0.99, 0.99)]  # 32: adaptive not measured there
+    lines = dict(line.split("=") for line in shapes_key_values(rows))
+    assert lines["shapes_min_soft_hit_rate_lstm_e8"] == "0.4000"  # hard's 0.1 left out
+    assert lines["shapes_min_soft_hit_rate_looked_lstm_e16"] == "0.8700"
+    assert lines["shapes_min_soft_hit_rate_gru_e8"] == "0.2800"
+    assert lines["shapes_min_soft_hit_rate_lstm_e32"] == "0.9900"
+    assert lines["shapes_budget_epochs"] == "16"
+    assert (lines["shapes_min_soft_hit_rate"], lines["shapes_min_soft_hit_rate_looked"]) == (
+        "0.4400", "0.8700")
+    rows.append(row("lstm", "general", 8, 0.97, 0.97))  # only 8 has every mechanism now
+    assert shapes_key_values(rows)[-3:] == ["shapes_budget_epochs=8",
+                                           "shapes_min_soft_hit_rate=0.4000",
+                                           "shapes_min_soft_hit_rate_looked=0.7800"]
+    rows.append(row("lstm", "aoa", 16, 0.9, 0.9))  # and now none
+    assert shapes_key_values(rows)[-1] == "shapes_min_soft_hit_rate_looked=n/a"

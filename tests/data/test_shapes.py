@@ -10,6 +10,7 @@ from captionkit.data.shapes import (
     ensure_shapes,
     generate_shapes,
     read_shapes,
+    word_outcomes,
 )
 from captionkit.data.vocab import tokenize
 
@@ -85,3 +86,20 @@ def test_weighted_hit_rate_counts_each_word_by_how_much_it_looked():
     assert attention_hit_rate(caption, full, grid, [red, blue], weighted=True) == \
         pytest.approx((1, 2))
     assert len(SHAPES) == 3
+
+
+def test_word_outcomes_say_where_each_colour_and_shape_word_looked():
+    red = Shape("red", "circle", "small", 0, (6, 6, 26, 26))  # top-left cell
+    blue = Shape("blue", "square", "large", 8, (65, 65, 95, 95))  # bottom-right cell
+    grid, N = (6, 6), 36
+    on_red, on_blue, corner = np.zeros(N), np.zeros(N), np.zeros(N)
+    on_red[7], on_blue[35], corner[5] = 1.0, 1.0, 0.25  # cell 5: top-right, no object
+    caption = "a red circle and a blue square and a green circle"
+    alphas = np.stack([on_red, on_red, on_blue, on_red, on_red, on_blue, corner, on_red,
+                       on_red, on_red, on_red])
+    assert word_outcomes(caption, alphas, grid, [red, blue]) == [
+        ("colour", "named", 1.0), ("shape", "other object", 1.0),
+        ("colour", "named", 1.0), ("shape", "background", 0.25),
+        ("colour", "no object", 1.0), ("shape", "no object", 1.0)]
+    # the hit rate counts exactly the "named" outcomes
+    assert attention_hit_rate(caption, alphas, grid, [red, blue]) == (2, 6)

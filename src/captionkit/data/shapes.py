@@ -174,22 +174,46 @@ def attention_hit_rate(caption: str, alphas, grid: tuple[int, int], objects: lis
     model took from its language model (beta near 1, a map of near-zeros whose argmax is
     noise) neither hits nor misses.
     """
-    words = tokenize(caption)
     hits = total = 0
+    for _, outcome, looked in word_outcomes(caption, alphas, grid, objects, image_size):
+        weight = looked if weighted else 1
+        total += weight
+        hits += weight * (outcome == "named")
+    return hits, total
+
+
+WHERE = ("named", "other object", "background", "no object")  # word_outcomes' outcomes
+
+
+def word_outcomes(caption: str, alphas, grid: tuple[int, int], objects: list[Shape],
+                  image_size: int = IMAGE_SIZE) -> list[tuple[str, str, float]]:
+    """Where each colour/shape word of a caption looked: (``"colour"``/``"shape"``, outcome,
+    the sum of its map). The outcome (:data:`WHERE`) is ``"named"`` when the most-attended
+    cell's centre is inside the object the word's phrase names, ``"other object"`` or
+    ``"background"`` when it is elsewhere, and ``"no object"`` when the phrase names no
+    single object in the image (the caption is wrong there; the map is not judged)."""
+    words, out = tokenize(caption), []
     for t, word in enumerate(words):
         if word not in COLOURS and word not in SHAPES:
             continue
-        weight = float(alphas[t].sum()) if weighted and t < len(alphas) else 1
-        total += weight
+        kind = "colour" if word in COLOURS else "shape"
+        looked = float(alphas[t].sum()) if t < len(alphas) else 1.0
         target = _named_object(words, t, objects)
         if target is None or t >= len(alphas):
+            out.append((kind, "no object", looked))
             continue
         cell = int(alphas[t].argmax())
         cx = (cell % grid[1] + 0.5) * image_size / grid[1]
         cy = (cell // grid[1] + 0.5) * image_size / grid[0]
-        x0, y0, x1, y1 = target.box
-        hits += weight * int(x0 <= cx <= x1 and y0 <= cy <= y1)
-    return hits, total
+        inside = [o for o in objects if _contains(o.box, cx, cy)]
+        where = "named" if target in inside else "other object" if inside else "background"
+        out.append((kind, where, looked))
+    return out
+
+
+def _contains(box: tuple, x: float, y: float) -> bool:
+    x0, y0, x1, y1 = box
+    return x0 <= x <= x1 and y0 <= y <= y1
 
 
 def _named_object(words: list[str], t: int, objects: list[Shape]) -> Shape | None:
