@@ -208,8 +208,8 @@ def setup_lines(rows: list[dict]) -> list[str]:
         mine = [r for r in rows if r["bench"] == bench]
         if not mine:
             continue
-        shared = sorted({s for r in mine for s in r["settings"]
-                         if not s.startswith("decoder.")})
+        shared = sorted({s for r in mine for s in r["settings"]  # epochs: listed apart
+                         if not s.startswith(("decoder.", "train.epochs="))})
         epochs = sorted({r["epochs_config"] for r in mine})
         what = ("the built-in shapes preset (what `captionkit demo` trains)" if bench == "shapes"
                 else "`configs/flickr8k_lite0_lstm.yaml` (frozen EfficientNet-Lite0 features "
