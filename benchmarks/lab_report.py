@@ -9,6 +9,8 @@ import json
 import time
 from pathlib import Path
 
+from captionkit.data.shapes import WHERE
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "photos"
 ROW_FILE = "lab_row.json"
@@ -236,7 +238,7 @@ def outcome_section(rows: list[dict]) -> list[str]:
     mine = [r for r in rows if r["bench"] == "shapes" and r.get("word_outcomes")]
     if not mine:
         return []
-    where = ("named", "other object", "background", "no object")
+    where = WHERE  # the outcomes of data.shapes.word_outcomes
     lines = ["## Where colour and shape words look (shapes)", "",
              "Per generated colour/shape word of the test captions, where its most-attended "
              "cell lies: in the object its phrase names (`named`, a hit), in another object, "
