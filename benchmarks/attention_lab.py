@@ -392,7 +392,7 @@ def main() -> None:
     doc = Path(args.doc)
     figures = draw_attention_figures(args, rows, doc)
     write_doc(args, rows, table, figures, doc)
-    print(f"written {doc} and {', '.join(str(p) for p, _ in figures) or 'no figure'}")
+    print(f"written {doc} and {', '.join(str(f[0]) for f in figures) or 'no figure'}")
     print("\n".join(key_values(rows)))
 
 

@@ -88,29 +88,38 @@ def attention_rows_figure(entries: list[tuple], path: Path, title: str) -> Path:
     return path
 
 
-def draw_attention_figures(args, rows: list[dict], doc: Path) -> list[tuple[Path, str]]:
+def draw_attention_figures(args, rows: list[dict],
+                           doc: Path) -> list[tuple[Path, str, bool]]:
     """The maps figure of the flickr8k rows on the photo (``<doc>.png``) and of the shapes
     rows on a shapes test image (``<doc>.png`` too when there are no flickr8k rows, else
-    ``<doc>_shapes.png``): (path, caption) of each figure drawn."""
+    ``<doc>_shapes.png``): (path, caption, whether the doc may link it) of each figure drawn
+    (not a figure of a ``../shared`` photo, which is not committed)."""
     figures = []
     flickr = [r for r in rows if r["bench"] == "flickr8k"]
     shapes = [r for r in rows if r["bench"] == "shapes"]
     photo = default_photo(args, flickr) if flickr else None
     what = f"Flickr8k models (best dev checkpoint of each row, beam {BEAM}) on `{{}}`"
     if flickr and kept_figure(flickr, doc.with_suffix(".png")):
-        figures.append((doc.with_suffix(".png"), what.split(" on ")[0] + ", drawn earlier"))
+        figures.append((doc.with_suffix(".png"), what.split(" on ")[0] + ", drawn earlier",
+                        True))
     elif flickr and photo is not None and (entries := figure_entries(flickr, photo)):
         figures.append((attention_rows_figure(entries, doc.with_suffix(".png"), photo.name),
-                        what.format(photo.name)))
+                        what.format(photo.name), not shared_data(photo)))
     path = doc.with_name(doc.stem + ("_shapes.png" if flickr else ".png"))
     what = f"shapes models (best checkpoint, beam {BEAM}) on test image `{{}}`"
     test = shapes_test_image(shapes)
     if shapes and kept_figure(shapes, path):
-        figures.append((path, what.split(" on ")[0] + ", drawn earlier"))
+        figures.append((path, what.split(" on ")[0] + ", drawn earlier", True))
     elif test is not None and (entries := figure_entries(shapes, load_image(test.image))):
         figures.append((attention_rows_figure(entries, path, test.image_id),
-                        what.format(test.image_id)))
+                        what.format(test.image_id), True))
     return figures
+
+
+def shared_data(photo: Path) -> bool:
+    """Whether ``photo`` is the team's shared data (``../shared``), which stays out of the
+    repository: a figure of it is drawn locally and the doc does not link it."""
+    return PHOTOS.parent.resolve() in Path(photo).resolve().parents
 
 
 def kept_figure(rows: list[dict], path: Path) -> bool:

@@ -312,10 +312,15 @@ def write_doc(args, rows: list[dict], table: str, figures: list, doc: Path) -> N
              "## Results", "", table, "", *measure_lines(), *outcome_section(rows),
              *speed_section(args.out),
              "## Attention maps", ""]
-    for path, what in figures:
+    for path, what, linked in figures:
         lines += [f"{what}: one row per mechanism, its caption under the image, then every "
                   "word with its attention map (scaled per word; 1 - \u03b2 in the title for "
-                  "sentinel mechanisms).", "", f"![attention maps]({path.name})", ""]
+                  "sentinel mechanisms).", ""]
+        lines += ([f"![attention maps]({path.name})", ""] if linked else
+                  [f"Drawn locally to `{path.name}` beside this page and not committed: its "
+                   "photo is shared data, which stays out of the repository. Run "
+                   "`python benchmarks/attention_lab.py --report-only` with `../shared` "
+                   "present to draw it.", ""])
     if not figures:
         lines += ["No figure: no kept checkpoint to draw from.", ""]
     lines += beta_section(rows, doc)
@@ -331,9 +336,11 @@ def key_values(rows: list[dict]) -> list[str]:
     """The closing key=value lines."""
     out = []
     flickr = [r for r in rows if r["bench"] == "flickr8k" and "CIDEr-D" in r["metrics"]]
+    additive = next((r for r in flickr if label(r) == "lstm:additive"), None)
+    if additive:  # compare at additive's budget only
+        flickr = [r for r in flickr if r["epochs_config"] == additive["epochs_config"]]
     if flickr:
         best = max(flickr, key=lambda r: r["metrics"]["CIDEr-D"])
-        additive = next((r for r in flickr if label(r) == "lstm:additive"), None)
         out += [f"best_mechanism={label(best)}",
                 f"best_cider_d={best['metrics']['CIDEr-D']:.4f}",
                 "additive_cider_d=" + (f"{additive['metrics']['CIDEr-D']:.4f}"
@@ -369,4 +376,3 @@ def shapes_key_values(rows: list[dict]) -> list[str]:
     head = [line.replace(f"_lstm_e{budget}=", "=") for line in out
             if f"_lstm_e{budget}=" in line]
     return [*out, f"shapes_budget_epochs={budget}", *head]
-    return out

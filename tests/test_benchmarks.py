@@ -202,3 +202,45 @@ def test_lab_shapes_headline_is_lstm_at_the_largest_budget_with_every_soft_mecha
                                            "shapes_min_soft_hit_rate_looked=0.7800"]
     rows.append(row("lstm", "aoa", 16, 0.9, 0.9))  # and now none
     assert shapes_key_values(rows)[-1] == "shapes_min_soft_hit_rate_looked=n/a"
+
+
+def test_lab_flickr8k_headline_compares_at_the_additive_rows_budget():
+    """best_mechanism= is the best CIDEr-D among the rows at lstm:additive's budget: a row
+    trained longer does not win by its budget; with no additive row every row counts."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from lab_report import key_values
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(dec, att, epochs, cider):
+        return {"bench": "flickr8k", "decoder": dec, "attention": att, "epochs_config": epochs,
+                "metrics": {"CIDEr-D": cider}}
+
+    rows = [row("lstm", "additive", 3, 0.29), row("gru", "scaled_dot", 3, 0.36),
+            row("lstm", "aoa", 12, 0.47)]
+    assert key_values(rows)[:3] == ["best_mechanism=gru:scaled_dot", "best_cider_d=0.3600",
+                                    "additive_cider_d=0.2900"]
+    assert key_values(rows[1:])[:3] == ["best_mechanism=lstm:aoa", "best_cider_d=0.4700",
+                                        "additive_cider_d=n/a"]
+
+
+def test_lab_doc_links_figures_except_those_of_shared_photos(tmp_path):
+    """A figure drawn from a ../shared photo is named in the doc, not linked (it is not
+    committed); any other figure is linked."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from lab_figures import shared_data
+        from lab_report import PHOTOS, write_doc
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert shared_data(PHOTOS / "a.jpg") and not shared_data(tmp_path / "a.jpg")
+    args = type("Args", (), {"out": tmp_path / "runs"})()
+    doc = tmp_path / "lab.md"
+    figures = [(tmp_path / "lab.png", "Flickr8k models", False),
+               (tmp_path / "lab_shapes.png", "shapes models", True)]
+    kept = ROOT / "benchmarks/results/attention_lab_cpu_2026-12-07/shapes_gru_additive_e8.json"
+    write_doc(args, [json.loads(kept.read_text())], "| table |", figures, doc)
+    text = doc.read_text()
+    assert "![attention maps](lab_shapes.png)" in text
+    assert "](lab.png)" not in text and "Drawn locally to `lab.png`" in text

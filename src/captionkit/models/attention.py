@@ -161,12 +161,8 @@ class ScaledDotAttention(nn.Module):
 
     def __init__(self, feat_dim: int, hidden_dim: int, attention_dim: int, heads: int) -> None:
         super().__init__()
-        if attention_dim % heads:
-            raise ValueError(f"decoder.attention_dim {attention_dim} must be divisible by "
-                             f"decoder.num_heads {heads}")
         self.heads, self.dim, self.context_dim = heads, attention_dim, feat_dim
-        self.q = nn.Linear(hidden_dim, attention_dim)
-        self.kv = nn.Linear(feat_dim, 2 * attention_dim)
+        self.q, self.kv = head_projections(feat_dim, hidden_dim, attention_dim, heads)
         self.out = nn.Linear(attention_dim, feat_dim)
 
     def project(self, feats: Tensor) -> Tensor:
@@ -176,6 +172,16 @@ class ScaledDotAttention(nn.Module):
                 cell: CellView | None = None) -> tuple[Tensor, Tensor]:
         ctx, alpha = multi_head(self.q(hidden), keys, self.heads)  # (B, A), (B, N)
         return self.out(ctx), alpha  # (B, D), (B, N)
+
+
+def head_projections(feat_dim: int, hidden_dim: int, attention_dim: int,
+                     heads: int) -> tuple[nn.Linear, nn.Linear]:
+    """The query layer (H -> A) and the key-and-value layer (D -> 2A) of multi-head attention;
+    ``attention_dim`` must split evenly into ``heads``."""
+    if attention_dim % heads:
+        raise ValueError(f"decoder.attention_dim {attention_dim} must be divisible by "
+                         f"decoder.num_heads {heads}")
+    return nn.Linear(hidden_dim, attention_dim), nn.Linear(feat_dim, 2 * attention_dim)
 
 
 def multi_head(q: Tensor, keys: Tensor, heads: int) -> tuple[Tensor, Tensor]:
@@ -202,12 +208,8 @@ class AoAAttention(nn.Module):
 
     def __init__(self, feat_dim: int, hidden_dim: int, attention_dim: int, heads: int) -> None:
         super().__init__()
-        if attention_dim % heads:
-            raise ValueError(f"decoder.attention_dim {attention_dim} must be divisible by "
-                             f"decoder.num_heads {heads}")
         self.heads, self.context_dim = heads, feat_dim
-        self.q = nn.Linear(hidden_dim, attention_dim)
-        self.kv = nn.Linear(feat_dim, 2 * attention_dim)
+        self.q, self.kv = head_projections(feat_dim, hidden_dim, attention_dim, heads)
         self.aoa = nn.Linear(attention_dim + hidden_dim, 2 * feat_dim)  # [i; g] from [v; h]
 
     def project(self, feats: Tensor) -> Tensor:
