@@ -1,6 +1,7 @@
 """The benchmarks run end to end (tiny sizes, on the CPU), so a lent device's few minutes
 are never spent on a script that fails before its first row."""
 
+import importlib
 import json
 import os
 import re
@@ -170,15 +171,20 @@ def test_batch_caption_times_local_and_ray_on_the_same_files(random_checkpoint):
     assert lines[-1] == f"ray_images_per_s={figures['ray1_images_per_s']}"
 
 
+def _benchmark_module(name: str):
+    """Import benchmarks/<name>.py (the benchmarks folder is not a package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
 def test_lab_shapes_headline_is_lstm_at_the_largest_budget_with_every_soft_mechanism():
     """Rows at two budgets: each (decoder, budget) gets its own min lines; the headline takes
     lstm's largest budget that has every soft mechanism, not one with a row missing; hard
     attention never counts."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from lab_report import shapes_key_values
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    shapes_key_values = _benchmark_module("lab_report").shapes_key_values
 
     def row(dec, att, epochs, hit, looked):
         return {"bench": "shapes", "decoder": dec, "attention": att, "epochs_config": epochs,
@@ -207,11 +213,7 @@ def test_lab_shapes_headline_is_lstm_at_the_largest_budget_with_every_soft_mecha
 def test_lab_flickr8k_headline_compares_at_the_additive_rows_budget():
     """best_mechanism= is the best CIDEr-D among the rows at lstm:additive's budget: a row
     trained longer does not win by its budget; with no additive row every row counts."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from lab_report import key_values
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    key_values = _benchmark_module("lab_report").key_values
 
     def row(dec, att, epochs, cider):
         return {"bench": "flickr8k", "decoder": dec, "attention": att, "epochs_config": epochs,
@@ -228,12 +230,9 @@ def test_lab_flickr8k_headline_compares_at_the_additive_rows_budget():
 def test_lab_doc_links_figures_except_those_of_shared_photos(tmp_path):
     """A figure drawn from a ../shared photo is named in the doc, not linked (it is not
     committed); any other figure is linked."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from lab_figures import shared_data
-        from lab_report import PHOTOS, write_doc
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    shared_data = _benchmark_module("lab_figures").shared_data
+    report = _benchmark_module("lab_report")
+    PHOTOS, write_doc = report.PHOTOS, report.write_doc
     assert shared_data(PHOTOS / "a.jpg") and not shared_data(tmp_path / "a.jpg")
     args = type("Args", (), {"out": tmp_path / "runs"})()
     doc = tmp_path / "lab.md"
