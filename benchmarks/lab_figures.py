@@ -99,9 +99,9 @@ def draw_attention_figures(args, rows: list[dict],
     shapes = [r for r in rows if r["bench"] == "shapes"]
     photo = default_photo(args, flickr) if flickr else None
     what = f"Flickr8k models (best dev checkpoint of each row, beam {BEAM}) on `{{}}`"
-    if flickr and kept_figure(flickr, doc.with_suffix(".png")):
+    if flickr and kept_figure(flickr, doc.with_suffix(".png")):  # drawn on the same photo
         figures.append((doc.with_suffix(".png"), what.split(" on ")[0] + ", drawn earlier",
-                        True))
+                        photo is not None and not shared_data(photo)))
     elif flickr and photo is not None and (entries := figure_entries(flickr, photo)):
         figures.append((attention_rows_figure(entries, doc.with_suffix(".png"), photo.name),
                         what.format(photo.name), not shared_data(photo)))

@@ -238,20 +238,19 @@ def outcome_section(rows: list[dict]) -> list[str]:
     mine = [r for r in rows if r["bench"] == "shapes" and r.get("word_outcomes")]
     if not mine:
         return []
-    where = WHERE  # the outcomes of data.shapes.word_outcomes
     lines = ["## Where colour and shape words look (shapes)", "",
              "Per generated colour/shape word of the test captions, where its most-attended "
              "cell lies: in the object its phrase names (`named`, a hit), in another object, "
              "on the background, or `no object`: the phrase names no object in the image (a "
              "caption error; the map is not judged). `looked`: the mean sum of the words' "
              "maps (1 - β for a sentinel). Shares of each kind's words.", "",
-             "| row | epochs | kind | " + " | ".join(where) + " | looked |",
-             "|" + "---|" * (len(where) + 4)]
+             "| row | epochs | kind | " + " | ".join(WHERE) + " | looked |",
+             "|" + "---|" * (len(WHERE) + 4)]
     for r in mine:
         for kind, counts in r["word_outcomes"].items():
-            n = sum(counts[w] for w in where) or 1
+            n = sum(counts[w] for w in WHERE) or 1
             lines.append(f"| {label(r)} | {r['epochs_config']} | {kind} | "
-                         + " | ".join(f"{counts[w] / n:.3f}" for w in where)
+                         + " | ".join(f"{counts[w] / n:.3f}" for w in WHERE)
                          + f" | {counts['mean_looked']:.3f} |")
     return [*lines, ""]
 

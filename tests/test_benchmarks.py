@@ -243,3 +243,60 @@ def test_lab_doc_links_figures_except_those_of_shared_photos(tmp_path):
     text = doc.read_text()
     assert "![attention maps](lab_shapes.png)" in text
     assert "](lab.png)" not in text and "Drawn locally to `lab.png`" in text
+
+
+def test_updown_ablation_fixes_only_the_mean_and_swaps_only_the_attended_image():
+    """``fix_mean_input`` at an image's own mean feature leaves its step unchanged, and
+    changes another image's; ``OtherImage`` makes image 0 attend over image 1's grid while
+    its attention LSTM still reads image 0's mean feature."""
+    import torch
+
+    from captionkit.config import DecoderConfig
+    from captionkit.models.decoders import build_decoder
+
+    ablation = _benchmark_module("updown_ablation")
+    torch.manual_seed(0)
+    cfg = DecoderConfig(name="updown", attention="additive", embed_dim=8, hidden_dim=16,
+                        attention_dim=12)
+    dec = build_decoder(cfg, vocab_size=11, feat_dim=6).eval()
+    feats, token = torch.randn(2, 5, 6), torch.tensor([1, 2])  # (B, N, D), (B,)
+
+    def step(d, f):
+        with torch.no_grad():
+            return d.step(f, d.init_state(f), token)[0]  # (B, V)
+
+    before = step(dec, feats)
+    fixed = build_decoder(cfg, vocab_size=11, feat_dim=6).eval()
+    fixed.load_state_dict(dec.state_dict())
+    ablation.fix_mean_input(fixed, feats[0].mean(dim=0))
+    after = step(fixed, feats)
+    assert torch.allclose(after[0], before[0], atol=1e-6)
+    assert not torch.allclose(after[1], before[1], atol=1e-3)
+    assert fixed.att_lstm.weight_ih[:, 16:22].abs().sum() == 0  # the mean's columns only
+
+    dec.attention = ablation.OtherImage(dec.attention)
+    state = dec.init_state(feats)
+    with torch.no_grad():
+        ctx, alpha = dec.attention(feats, state[-1], torch.zeros(2, 16))
+        ref, ref_alpha = dec.attention.inner(feats.roll(1, dims=0),
+                                             dec.attention.inner.project(feats.roll(1, dims=0)),
+                                             torch.zeros(2, 16))
+    assert torch.allclose(ctx, ref) and torch.allclose(alpha, ref_alpha)
+    assert not torch.allclose(step(dec, feats), before, atol=1e-3)
+
+
+def test_lab_kept_flickr8k_figure_is_linked_only_when_its_photo_is_not_shared(tmp_path):
+    """A Flickr8k figure kept as drawn earlier (its rows' checkpoints gone) was drawn on the
+    default photo: shared data unless --photo names another, so it is linked only then."""
+    figures = _benchmark_module("lab_figures")
+    doc = tmp_path / "lab.md"
+    doc.with_suffix(".png").write_bytes(b"png")
+    rows = [{"bench": "flickr8k", "decoder": "lstm", "attention": "additive",
+             "dir": str(tmp_path / "gone")}]
+    args = type("Args", (), {"photo": None, "config": None})()
+    [(path, what, linked)] = figures.draw_attention_figures(args, rows, doc)
+    assert path == doc.with_suffix(".png") and "drawn earlier" in what and not linked
+    args.photo = str(figures.PHOTOS / "a.jpg")
+    assert not figures.draw_attention_figures(args, rows, doc)[0][2]
+    args.photo = str(tmp_path / "mine.jpg")
+    assert figures.draw_attention_figures(args, rows, doc)[0][2]
