@@ -92,12 +92,12 @@ def fix_mean_input(decoder: nn.Module, avg: torch.Tensor) -> None:
 
 def ablate(path: str) -> dict[str, float]:
     """BLEU-4 and hit rate of one Up-Down checkpoint under each ablation."""
-    out = {}
+    out, test = {}, None
     for ablation in ABLATIONS:
         captioner = Captioner.from_checkpoint(path, precision="fp32")  # a fresh copy each time
         if captioner.cfg.decoder.name != "updown":
             raise SystemExit(f"{path}: decoder {captioner.cfg.decoder.name}, not updown")
-        test = by_split(load_records(captioner.cfg.data), "test")
+        test = test or by_split(load_records(captioner.cfg.data), "test")
         decoder = captioner.model.decoder
         if ablation == "no mean":
             fix_mean_input(decoder, mean_feature(captioner, test))
