@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["ref32", "ref16", "eager", "compiled", "graphed", "score", "kernel", "hoisted",
             "hoisted+k"]
@@ -300,3 +302,43 @@ def test_lab_kept_flickr8k_figure_is_linked_only_when_its_photo_is_not_shared(tm
     assert not figures.draw_attention_figures(args, rows, doc)[0][2]
     args.photo = str(tmp_path / "mine.jpg")
     assert figures.draw_attention_figures(args, rows, doc)[0][2]
+
+
+def test_seed_ensemble_stats_and_the_gain_rule():
+    """Sample sd and range over seeds; a gain counts only beyond the larger seed range."""
+    bench = _benchmark_module("seed_ensemble")
+    st = bench.seed_stats([0.30, 0.34, 0.32])
+    assert st["n"] == 3 and abs(st["mean"] - 0.32) < 1e-12 and abs(st["sd"] - 0.02) < 1e-12
+    assert abs(st["range"] - 0.04) < 1e-12 and bench.seed_stats([0.5])["sd"] == 0.0
+    other = bench.seed_stats([0.35, 0.36, 0.37])
+    assert bench.gain_beyond_spread(st, other)[1] is False  # +0.04 is not beyond 0.04
+    diff, beyond = bench.gain_beyond_spread(st, bench.seed_stats([0.37, 0.38]))
+    assert abs(diff - 0.055) < 1e-12 and beyond
+    assert bench.parse_row("gru:scaled_dot=a,b") == ("gru:scaled_dot", ["a", "b"])
+    with pytest.raises(SystemExit, match="LABEL=CHECKPOINT"):
+        bench.parse_row("a,b")
+    assert bench.slug("gru:scaled_dot+aoa") == "gru_scaled_dot_aoa"
+
+
+def test_seed_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(
+        trained_checkpoint, shapes_root, tmp_path, monkeypatch, capsys):
+    """Two copies of one checkpoint: zero spread, and their ensemble decodes as the single
+    model, so every metric equals the seeds'; a rerun reads the kept scores back."""
+    bench = _benchmark_module("seed_ensemble")
+    ckpt = str(trained_checkpoint)
+    argv = ["seed_ensemble.py", "--row", f"copies={ckpt},{ckpt}", "--data-dir", str(shapes_root),
+            "--beam", "2", "--ensemble", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    first = _figures(capsys.readouterr().out.splitlines())
+    [row] = json.loads((tmp_path / "seed_ensemble.json").read_text())
+    assert row["seeds"][0] == row["seeds"][1]
+    for metric in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
+        assert row["stats"][metric]["sd"] == 0.0
+        assert abs(row["ensemble"][metric] - row["seeds"][0][metric]) < 1e-9
+    assert float(first["copies_cider_d_sd"]) == 0.0
+    assert first["copies_ensemble_cider_d"] == first["copies_cider_d_mean"]
+    kept = (tmp_path / "copies" / "ensemble" / "metrics.json").stat().st_mtime_ns
+    bench.main()
+    assert _figures(capsys.readouterr().out.splitlines()) == first
+    assert (tmp_path / "copies" / "ensemble" / "metrics.json").stat().st_mtime_ns == kept
