@@ -91,13 +91,13 @@ def measure_row(label: str, checkpoints: list[str], args: argparse.Namespace) ->
 
 
 def print_table(rows: list[dict]) -> None:
-    """A markdown table: each seed, the mean +- sd [min-max], the ensemble, and the gain
+    """A markdown table: each run (one seed each), the mean +- sd [min-max], the ensemble, and the gain
     of each row's mean over the first row's."""
     print("| row | " + " | ".join(METRICS) + " | eval s |")
     print("|---|" + "---|" * (len(METRICS) + 1))
     for row in rows:
         for i, (s, sec) in enumerate(zip(row["seeds"], row["seconds"], strict=True)):
-            print(f"| {row['label']} seed {i} | "
+            print(f"| {row['label']} run {i} | "
                   + " | ".join(f"{s[m]:.3f}" for m in METRICS) + f" | {sec:.0f} |")
         st = row["stats"]
         print(f"| **{row['label']} mean +- sd [min-max], n={st['CIDEr-D']['n']}** | "
